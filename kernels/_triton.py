@@ -46,3 +46,34 @@ def dispatch_path(device: torch.device | str) -> str:
 
 def uses_triton(device: torch.device | str) -> bool:
     return dispatch_path(device) != "reference"
+
+
+# --- Output allocation with optional poisoning -------------------------------------------------------------------
+# Every launcher allocates the buffers its kernel writes through `empty_output`. Normally that is `torch.empty`;
+# under `poison_outputs(v)` (used by `bench kernels --check`) the buffer is pre-filled with `v`, so an element the
+# kernel forgot to write shows up as NaN (or as a second, different poison value) instead of stale memory.
+
+_POISON: list[float] = []
+
+
+class poison_outputs:  # noqa: N801 - used as a context manager, reads like a function
+    """Context manager: buffers from :func:`empty_output` are filled with ``value`` (NaN by default)."""
+
+    def __init__(self, value: float = float("nan")) -> None:
+        self.value = value
+
+    def __enter__(self) -> poison_outputs:
+        _POISON.append(self.value)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _POISON.pop()
+
+
+def empty_output(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device | str,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """``torch.empty`` for kernel outputs, poisoned when :class:`poison_outputs` is active."""
+    out = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
+    if _POISON:
+        out.fill_(_POISON[-1])
+    return out

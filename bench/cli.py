@@ -1,0 +1,242 @@
+"""``python -m bench`` / ``visionbench``: run, models, report, kernels, compare, merge.
+
+Bad input (unknown model, dtype, device, backend, suite; non-positive batch; a malformed file) prints one line naming
+the bad value and the valid choices, and exits with code 2 before anything is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .io import BadInputError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _bool_list(values: list[str]) -> list[bool]:
+    out = []
+    for v in values:
+        if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise BadInputError(f"--channels-last takes true/false, got {v!r}")
+        out.append(v.lower() in ("true", "1", "yes"))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="visionbench", description="Benchmark vision models and Triton kernels.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="sweep models x batch sizes x dtypes x devices x modes x backends")
+    r.add_argument("--suite", help="named sweep from bench/suites.toml (explicit flags override it)")
+    r.add_argument("--models", nargs="+")
+    r.add_argument("--batch-sizes", nargs="+", type=int)
+    r.add_argument("--dtypes", nargs="+", help="fp32 tf32 fp16 bf16")
+    r.add_argument("--devices", nargs="+", help="cpu cuda")
+    r.add_argument("--modes", nargs="+", help="infer train")
+    r.add_argument("--backends", nargs="+", help="eager compile triton")
+    r.add_argument("--kernels", nargs="+", help="with --backends triton: 'all' or kernel names, one at a time")
+    r.add_argument("--channels-last", nargs="*", default=None,
+                   help="no value = true; or a list such as 'false true' to sweep both")
+    r.add_argument("--input-size", type=int, help="square input side instead of each model's default")
+    r.add_argument("--out", help="output directory (default results/<timestamp>-<suite>)")
+    r.add_argument("--resume", action="store_true", help="skip configs already in OUT/results.csv")
+    r.add_argument("--isolate", action="store_true", default=None, help="one fresh worker process per config")
+    r.add_argument("--timeout-s", type=float, help="per-config time limit (status 'timeout')")
+    r.add_argument("--min-time-s", type=float)
+    r.add_argument("--warmup-s", type=float)
+    r.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
+    r.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    r.add_argument("--profile", action="store_true", help="record a torch.profiler trace per config in OUT/traces")
+    r.add_argument("--dry-run", action="store_true", help="list the configs and check imports; measure nothing")
+    r.add_argument("--no-progress", action="store_true")
+    _add_distributed_flags(r)
+
+    m = sub.add_parser("models", help="list registered models with params and GFLOPs")
+    m.add_argument("--format", choices=["table", "json"], default="table")
+    m.add_argument("--no-flops", action="store_true", help="skip the FLOP count (fast)")
+
+    rep = sub.add_parser("report", help="regenerate DIR/report.md from DIR/results.csv")
+    rep.add_argument("dir")
+
+    k = sub.add_parser("kernels", help="kernel numerics (--check) and microbenchmarks (--bench)")
+    try:
+        from .kernelbench.cli import add_arguments as add_kernel_args
+    except ImportError:
+        add_kernel_args = None
+    if add_kernel_args is not None:
+        add_kernel_args(k)
+
+    try:
+        from .compare import add_arguments as add_compare_args
+    except ImportError:
+        add_compare_args = None
+    if add_compare_args is not None:
+        add_compare_args(sub.add_parser("compare", help="noise-aware comparison of two runs"))
+    try:
+        from .merge import add_arguments as add_merge_args
+    except ImportError:
+        add_merge_args = None
+    if add_merge_args is not None:
+        add_merge_args(sub.add_parser("merge", help="merge shard directories into one run"))
+    return p
+
+
+def _add_distributed_flags(r: argparse.ArgumentParser) -> None:
+    try:
+        from .distributed import add_run_arguments
+    except ImportError:
+        return
+    add_run_arguments(r)
+
+
+def _resolve_run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], str]:
+    from .config import expand, load_suites, validate_choice
+
+    suite: dict[str, Any] = {}
+    suite_name = args.suite or "custom"
+    if args.suite:
+        suites = load_suites()
+        validate_choice("suite", args.suite, sorted(suites))
+        suite = suites[args.suite]
+    import models as registry
+
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        return flag if flag is not None else suite.get(key, default)
+
+    model_names = pick(args.models, "models", None)
+    if model_names in (None, ["all"], "all"):
+        if args.models is None and not args.suite:
+            raise BadInputError("run needs --models NAME... (or 'all') or --suite NAME")
+        model_names = registry.list_models()
+    cl = _bool_list(args.channels_last) if args.channels_last else ([True] if args.channels_last == [] else None)
+    configs = expand(
+        models=model_names,
+        batch_sizes=pick(args.batch_sizes, "batch_sizes", [1]),
+        dtypes=pick(args.dtypes, "dtypes", ["fp32"]),
+        devices=pick(args.devices, "devices", ["cpu"]),
+        modes=pick(args.modes, "modes", ["infer"]),
+        backends=pick(args.backends, "backends", ["eager"]),
+        channels_last=cl if cl is not None else [bool(x) for x in suite.get("channels_last", [False])],
+        kernels=pick(args.kernels, "kernels", ["all"]),
+        input_size=args.input_size if args.input_size is not None else int(suite.get("input_size", 0)),
+        model_batch_sizes=None if args.batch_sizes else suite.get("model_batch_sizes"),
+        model_input_size=suite.get("model_input_size"),
+    )
+    return configs, suite, suite_name
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .progress import console, summary_table
+    from .report import write_report
+    from .runner import RunOptions
+    from .sweep import FAILED_STATUSES, run_sweep
+
+    configs, suite, suite_name = _resolve_run(args)
+    if args.threads is not None and args.threads <= 0:
+        raise BadInputError(f"--threads must be positive, got {args.threads}")
+    shard = getattr(args, "shard", None)
+    if shard:
+        from .distributed import select_shard
+
+        configs = select_shard(configs, shard)
+    if args.dry_run:
+        from .dryrun import dry_run
+
+        return dry_run(configs)
+    out = Path(args.out or f"results/{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{suite_name}")
+    opts = RunOptions(
+        warmup_s=args.warmup_s if args.warmup_s is not None else float(suite.get("warmup_s", 0.2)),
+        min_time_s=args.min_time_s if args.min_time_s is not None else float(suite.get("min_time_s", 1.0)),
+        timeout_s=args.timeout_s if args.timeout_s is not None else float(suite.get("timeout_s", 0)),
+        threads=args.threads, count_flops=not args.no_flops,
+        profile_dir=str(out / "traces") if args.profile else None,
+    )
+    isolate = args.isolate if args.isolate is not None else bool(suite.get("isolate", False))
+    ray_address = getattr(args, "ray", None)
+    if ray_address:
+        from .distributed import run_on_ray
+
+        rows = run_on_ray(configs, out, opts, address=ray_address, resume=args.resume, argv=sys.argv,
+                          progress=not args.no_progress, cpus_per_task=getattr(args, "ray_cpus_per_task", 1))
+    else:
+        rows = run_sweep(configs, out, opts, isolate=isolate, resume=args.resume, progress=not args.no_progress,
+                         argv=sys.argv)
+    report = write_report(out)
+    console.print(summary_table(rows))
+    console.print(f"wrote {out / 'results.csv'}, {report}, {out / 'env.json'}")
+    failed = [r for r in rows if r.get("status") in FAILED_STATUSES]
+    if failed:
+        console.print(f"[red]{len(failed)} config(s) failed[/] ({', '.join(sorted({r['status'] for r in failed}))})")
+        return 1
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .modelinfo import model_table
+
+    rows = model_table(count=not args.no_flops)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="registered models (GFLOPs: torch.utils.flop_counter, multiply-add = 2, per sample)")
+    for col in ("name", "family", "task", "params (M)", "GFLOPs", "GMACs (fvcore)", "input", "hot paths"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["family"], r["task"], f"{r['params'] / 1e6:.2f}",
+                  "—" if r["gflops"] is None else f"{r['gflops']:.2f}",
+                  "—" if r["gmacs"] is None else f"{r['gmacs']:.2f}", "x".join(map(str, r["input_shape"])),
+                  ",".join(r["hot_paths"]) or "—")
+    Console(width=160).print(t)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models import UnknownModelError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "models":
+            return cmd_models(args)
+        if args.command == "report":
+            from .report import write_report
+
+            print(write_report(args.dir))
+            return 0
+        if args.command == "kernels":
+            from .kernelbench.cli import main as kernels_main
+
+            return kernels_main(args)
+        if args.command == "compare":
+            from .compare import main as compare_main
+
+            return compare_main(args)
+        if args.command == "merge":
+            from .merge import main as merge_main
+
+            return merge_main(args)
+    except BadInputError as e:
+        sys.stderr.write(f"visionbench: error: {e}\n")
+        return 2
+    except UnknownModelError as e:
+        sys.stderr.write(f"visionbench: error: {e}\n")
+        return 2
+    return 2

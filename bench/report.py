@@ -1,0 +1,129 @@
+"""``DIR/report.md`` from ``DIR/results.csv`` (+ ``env.json``): one table per model, ready to paste into a PR."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .io import BadInputError, read_results
+
+__all__ = ["write_report", "render_report", "NUMERIC_COLUMNS"]
+
+NUMERIC_COLUMNS = ["batch_size", "input_size", "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean",
+                   "latency_ms_std", "n_samples", "compile_ms", "throughput_per_s", "gflops", "gmacs", "tflops_per_s",
+                   "params", "peak_mem_mb"]
+
+
+def _num(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    try:
+        return format(float(v), spec)
+    except (TypeError, ValueError):
+        return "—"
+
+
+def _env_summary(env: dict[str, Any]) -> str:
+    if not env:
+        return "_no env.json next to the results_\n"
+    gpus = ", ".join(g["name"] for g in env.get("gpus", [])) or "none"
+    sha = env.get("git_sha", "?") + (" (dirty)" if env.get("git_dirty") else "")
+    lines = [
+        f"- **CPU**: {env.get('cpu_model')} ({env.get('cpu_count')} cores, {env.get('threads')} torch threads)",
+        f"- **GPU**: {gpus}" + (f", driver {env['driver']}" if env.get("driver") else ""),
+        f"- **Versions**: torch {env.get('torch_version')}, torchvision {env.get('torchvision_version')}, "
+        f"triton {env.get('triton_version')}, CUDA {env.get('cuda_version')}, Python {env.get('python')}",
+        f"- **Code**: git {sha}; run at {env.get('timestamp')}",
+        f"- **Command**: `{env.get('command')}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sections: list[str] | None = None) -> str:
+    out = ["# visionbench report", "", _env_summary(env or {}), _conventions(), ""]
+    group_cols = ["model"] + (["device_name"] if "device_name" in df and df["device_name"].nunique() > 1 else [])
+    for keys, g in df.groupby(group_cols, sort=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        title = keys[0] + (f" — {keys[1]}" if len(keys) > 1 else "")
+        params = g["params"].dropna()
+        gfl = g[g["mode"] == "infer"]["gflops"].dropna() if "gflops" in g else pd.Series(dtype=float)
+        sub = []
+        if len(params):
+            sub.append(f"{float(params.iloc[0]) / 1e6:.2f} M params")
+        if len(gfl):
+            sub.append(f"{float(gfl.iloc[0]):.2f} GFLOPs/sample (infer)")
+        out += [f"## {title}", "", ", ".join(sub) + ("" if not sub else ""), ""]
+        out.append("| mode | device | dtype | backend | batch | latency p50 ms [p20–p80] | throughput /s | TFLOP/s "
+                   "| peak MB | n | status |")
+        out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+        g = g.sort_values(["mode", "device", "batch_size", "dtype", "backend"])
+        for r in g.to_dict("records"):
+            ok = r.get("status") == "ok"
+            lat = (f"{_num(r['latency_ms_p50'], '.2f')} [{_num(r['latency_ms_p20'], '.2f')}–"
+                   f"{_num(r['latency_ms_p80'], '.2f')}]") if ok else "—"
+            noisy = " (noisy)" if str(r.get("noisy")).lower() == "true" else ""
+            backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
+            status = r.get("status") if ok else f"**{r.get('status')}**: {str(r.get('error') or '')[:80]}"
+            out.append(f"| {r['mode']} | {r['device']} | {r['dtype']} | {backend} | {int(r['batch_size'])} | {lat}{noisy}"
+                       f" | {_num(r.get('throughput_per_s'), '.1f')} | {_num(r.get('tflops_per_s'), '.3f')} | "
+                       f"{_num(r.get('peak_mem_mb'), '.0f')} | {_num(r.get('n_samples'), '.0f')} | {status} |")
+        out.append("")
+    for section in extra_sections or []:
+        out += [section, ""]
+    return "\n".join(out)
+
+
+def _conventions() -> str:
+    return ("Latency: median of n samples after warm-up (first call and compile excluded), p20–p80 in brackets; "
+            "throughput = batch / median. FLOPs: `torch.utils.flop_counter`, a multiply-add = 2 FLOPs, per sample, "
+            "forward for infer and forward+backward for train. bf16/fp16 run under autocast; tf32 = fp32 with TF32 "
+            "matmuls. Peak memory: CUDA `max_memory_allocated` of one step; CPU: bytes of tensors created by the step "
+            "(see `bench/memory.py`).")
+
+
+def write_report(out_dir: str | Path) -> Path:
+    """(Re)build ``DIR/report.md`` from ``DIR/results.csv``; adds kernel and plot sections when present."""
+    d = Path(out_dir)
+    if not d.is_dir():
+        raise BadInputError(f"{d}: no such run directory")
+    env_path = d / "env.json"
+    env = json.loads(env_path.read_text()) if env_path.exists() else {}
+    sections: list[str] = []
+    df = None
+    if (d / "results.csv").exists():
+        df = read_results(d / "results.csv", required=["model", "backend", "mode", "dtype", "status"],
+                          numeric=NUMERIC_COLUMNS, strict=False)
+    sections += _optional_sections(d, df)
+    if df is None:
+        if not sections:
+            raise BadInputError(f"{d}: no results.csv or kernels.csv to report on")
+        df = pd.DataFrame(columns=["model"])
+    text = render_report(df, env, sections)
+    path = d / "report.md"
+    path.write_text(text)
+    return path
+
+
+def _optional_sections(d: Path, df: pd.DataFrame | None) -> list[str]:
+    """Kernel-bench tables and plots, from the modules that own them (absent modules add nothing)."""
+    sections = []
+    try:
+        from .kernelbench.report import kernels_section
+    except ImportError:
+        kernels_section = None
+    if kernels_section is not None:
+        s = kernels_section(d)
+        if s:
+            sections.append(s)
+    try:
+        from .plots import plots_section
+    except ImportError:
+        plots_section = None
+    if plots_section is not None:
+        s = plots_section(d)
+        if s:
+            sections.append(s)
+    return sections

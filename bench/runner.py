@@ -1,0 +1,271 @@
+"""Measure one config: build, warm up, count FLOPs, time, measure memory; every failure becomes a row.
+
+``measure(config)`` never raises for a failing config: it returns a row whose ``status`` is one of ``ok``, ``oom``,
+``unsupported``, ``error``, ``timeout`` (``crashed`` is set by the isolating parent when a worker dies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import signal
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import DTYPES, Config
+from .flops import count_flops
+from .memory import measure_peak_memory
+from .timing import time_fn
+
+__all__ = ["RunOptions", "measure", "RESULT_COLUMNS", "STATUSES", "ConfigTimeout", "classify_exception"]
+
+STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "crashed")
+
+RESULT_COLUMNS = [
+    "model", "backend", "mode", "device", "dtype", "batch_size", "channels_last", "kernels", "input_size",
+    "status", "error",
+    "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean", "latency_ms_std", "n_samples",
+    "inner_loops", "noisy", "compile_ms", "warmup_ms", "throughput_per_s",
+    "gflops", "gmacs", "tflops_per_s", "params", "peak_mem_mb", "reserved_mem_mb", "mem_method",
+    "flops_counter_warnings", "precision_note", "kernel_path", "kernels_switched", "timer",
+    "device_name", "host", "torch_version", "triton_version", "torchvision_version", "cuda_version", "threads",
+    "git_sha", "timestamp",
+]
+
+
+@dataclass
+class RunOptions:
+    warmup_s: float = 0.2
+    min_time_s: float = 1.0
+    min_samples: int = 5
+    timeout_s: float = 0.0  # 0 = no limit
+    threads: int | None = None
+    count_flops: bool = True
+    profile_dir: str | None = None  # write a torch.profiler trace per config here (see bench.profile)
+
+
+class ConfigTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`ConfigTimeout` after ``seconds`` (main thread, Unix). A C call in flight finishes first;
+    ``--isolate`` kills the worker instead, which also stops a hung kernel."""
+    if seconds <= 0 or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise ConfigTimeout(f"exceeded the per-config time limit of {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class Unsupported(Exception):
+    """A config this device/dtype cannot run, decided by a capability probe before any work."""
+
+
+def classify_exception(e: BaseException) -> str:
+    if isinstance(e, ConfigTimeout):
+        return "timeout"
+    if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+        return "oom"
+    if isinstance(e, (Unsupported, NotImplementedError)):
+        return "unsupported"
+    return "error"
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
+
+
+def probe_support(cfg: Config) -> None:
+    """Raise :class:`Unsupported` if this device/dtype/backend cannot run here (no work done yet)."""
+    if cfg.device == "cuda":
+        if not torch.cuda.is_available():
+            raise Unsupported("no CUDA device")
+        if cfg.dtype == "bf16" and not torch.cuda.is_bf16_supported():
+            raise Unsupported("bf16 needs compute capability >= 8.0")
+        if cfg.dtype == "tf32" and torch.cuda.get_device_capability() < (8, 0):
+            raise Unsupported("tf32 needs compute capability >= 8.0")
+    elif cfg.dtype == "tf32":
+        raise Unsupported("tf32 is a CUDA matmul mode; the CPU has none")
+    if cfg.backend == "triton":
+        from kernels import HAS_TRITON
+
+        if not HAS_TRITON:
+            raise Unsupported("triton is not installed")
+
+
+@contextlib.contextmanager
+def precision(cfg: Config) -> Iterator[None]:
+    """bf16/fp16 via autocast; tf32 via the matmul precision flag (and cuDNN's); fp32 with TF32 off."""
+    old_mm = torch.get_float32_matmul_precision()
+    old_cudnn = torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if cfg.dtype == "tf32" else "highest")
+    torch.backends.cudnn.allow_tf32 = cfg.dtype == "tf32"
+    try:
+        if cfg.dtype in ("fp16", "bf16"):
+            with torch.autocast(device_type=cfg.device, dtype=DTYPES[cfg.dtype]):
+                yield
+        else:
+            yield
+    finally:
+        torch.set_float32_matmul_precision(old_mm)
+        torch.backends.cudnn.allow_tf32 = old_cudnn
+
+
+def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """Build the model and a zero-arg ``step`` closure for ``cfg``; returns it with facts for the row."""
+    import models
+
+    spec = models.get_spec(cfg.model)
+    device = torch.device(cfg.device)
+    facts: dict[str, Any] = {}
+    if cfg.backend == "triton":
+        from kernels import dispatch_path
+        from kernels.registry import patch_model
+
+        model = spec.builder()
+        names = None if cfg.kernels in ("", "all") else [cfg.kernels]
+        switched = patch_model(model, names)
+        facts["kernels_switched"] = switched
+        facts["kernel_path"] = dispatch_path(device)
+        if not any(switched.values()):
+            raise Unsupported(f"{cfg.model} has no hot path for kernels={cfg.kernels or 'all'}")
+    else:
+        model = spec.builder()
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    facts["params"] = sum(p.numel() for p in model.parameters())
+    shape = spec.input_shape if not cfg.input_size else (spec.input_shape[0], cfg.input_size, cfg.input_size)
+    batch = spec.make_batch(cfg.batch_size, shape, device=device)
+    if cfg.channels_last:
+        batch.inputs = tuple(x.contiguous(memory_format=torch.channels_last)
+                             if isinstance(x, torch.Tensor) and x.dim() == 4 else x for x in batch.inputs)
+    run_model = torch.compile(model) if cfg.backend == "compile" else model
+    facts["precision_note"] = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmul/conv",
+                               "fp16": "autocast fp16", "bf16": "autocast bf16"}[cfg.dtype]
+
+    if cfg.mode == "infer":
+        model.eval()
+
+        def step() -> Any:
+            with torch.no_grad(), precision(cfg):
+                return spec.forward(run_model, batch)
+
+        def eager_step() -> Any:
+            return spec.forward(model, batch)
+    else:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+        def step() -> Any:
+            opt.zero_grad(set_to_none=True)
+            with precision(cfg):
+                loss = spec.loss(run_model, batch)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        def eager_step() -> Any:
+            return spec.loss(model, batch)
+
+    facts["_model"], facts["_batch"], facts["_spec"], facts["_eager_step"] = model, batch, spec, eager_step
+    return step, facts
+
+
+def _count(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
+    """FLOPs per sample on the eager fp32 model (same math as every backend; Triton kernels are opaque to counters)."""
+    model, batch, spec = facts["_model"], facts["_batch"], facts["_spec"]
+    if cfg.mode == "infer":
+        with torch.no_grad():
+            torch_fc = count_flops(facts["_eager_step"], fvcore=False)
+    else:
+        torch_fc = count_flops(facts["_eager_step"], backward=True, fvcore=False)
+        model.zero_grad(set_to_none=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            fv = count_flops(model, *batch.inputs, fvcore=True, torch_counter=False)
+    finally:
+        model.train(was_training)
+    notes = torch_fc.unsupported + fv.unsupported + fv.notes + (["gmacs: fvcore, forward pass only"] if cfg.mode == "train" else [])
+    bs = cfg.batch_size
+    return {"gflops": torch_fc.flops / bs / 1e9, "gmacs": fv.macs / bs / 1e9 if fv.macs is not None else None,
+            "flops_counter_warnings": "; ".join(notes)}
+
+
+def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple, dict[str, Any]] | None = None
+            ) -> tuple[dict[str, Any], list[float]]:
+    """Measure ``cfg``; returns ``(row, raw_samples_ms)``. Never raises for a failing config."""
+    opts = opts or RunOptions()
+    row: dict[str, Any] = cfg.as_dict()
+    samples: list[float] = []
+    step = facts = None
+    old_threads = torch.get_num_threads()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    try:
+        with time_limit(opts.timeout_s):
+            probe_support(cfg)
+            step, facts = build_step(cfg)
+            row.update({k: v for k, v in facts.items() if not k.startswith("_")})
+            if opts.count_flops:
+                fkey = (cfg.model, cfg.mode, cfg.batch_size, cfg.input_size)
+                if flops_cache is not None and fkey in flops_cache:
+                    row.update(flops_cache[fkey])
+                else:
+                    counted = _count(cfg, facts)
+                    row.update(counted)
+                    if flops_cache is not None:
+                        flops_cache[fkey] = counted
+            device = torch.device(cfg.device)
+            t = time_fn(step, device, threads=torch.get_num_threads(), warmup_s=opts.warmup_s,
+                        min_time_s=opts.min_time_s, min_samples=opts.min_samples)
+            samples = t.samples_ms
+            mem = measure_peak_memory(step, device)
+            if opts.profile_dir:
+                from .profile import profile_config
+
+                row["profile_trace"] = profile_config(step, cfg, opts.profile_dir)
+        s = t.stats
+        row.update({
+            "status": "ok", "error": "", "latency_ms_p50": s["p50"], "latency_ms_p20": s["p20"],
+            "latency_ms_p80": s["p80"], "latency_ms_mean": s["mean"], "latency_ms_std": s["std"],
+            "n_samples": int(s["n"]), "inner_loops": t.inner_loops, "noisy": t.noisy, "compile_ms": t.first_call_ms,
+            "warmup_ms": t.warmup_ms, "throughput_per_s": cfg.batch_size / (s["p50"] / 1e3), "timer": t.method,
+            "peak_mem_mb": mem.peak_mb, "reserved_mem_mb": mem.reserved_mb, "mem_method": mem.method,
+        })
+        if row.get("gflops") is not None:
+            row["tflops_per_s"] = row["gflops"] * cfg.batch_size / (s["p50"] / 1e3) / 1e3
+    except BaseException as e:  # noqa: BLE001 - every failure must become a row
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        status = classify_exception(e)
+        row["status"] = status
+        row["error"] = _first_line(e)
+        if status == "error":
+            row["error_traceback"] = "".join(traceback.format_exception(e))[-2000:]
+        del e
+    finally:
+        torch.set_num_threads(old_threads)
+        step = facts = None  # drop references so OOM'd memory can be freed
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return row, samples

@@ -1,0 +1,112 @@
+"""Run a list of configs into ``DIR``: rows appended one at a time, resumable, optionally one process per config.
+
+Files written:
+* ``DIR/results.csv``: one row per config (:data:`bench.runner.RESULT_COLUMNS`), flushed and fsynced per row.
+* ``DIR/samples.jsonl``: the raw per-sample latencies of each config, keyed by the config (for ``compare``).
+* ``DIR/env.json``: the environment and the exact command line.
+* ``DIR/sweep.json``: the sweep definition (configs) and code version, used by ``merge`` and ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Config, key_of_row
+from .env import collect_env, env_columns
+from .io import RowWriter, append_jsonl, read_results
+from .runner import RESULT_COLUMNS, RunOptions, measure
+
+__all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated"]
+
+# Statuses that make the sweep's exit code non-zero (ok, unsupported and oom are expected outcomes).
+FAILED_STATUSES = ("error", "timeout", "crashed")
+
+
+def completed_keys(out_dir: Path) -> set[tuple[str, ...]]:
+    path = out_dir / "results.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    df = read_results(path, required=["model", "batch_size"], strict=False)
+    return {key_of_row(r) for r in df.to_dict("records")}
+
+
+def _worker(cfg_dict: dict[str, Any], opts: RunOptions, q: Any) -> None:
+    row, samples = measure(Config.from_dict(cfg_dict), opts)
+    q.put((row, samples))
+
+
+def measure_isolated(cfg: Config, opts: RunOptions) -> tuple[dict[str, Any], list[float]]:
+    """Measure ``cfg`` in a fresh process (spawned, so no CUDA state is inherited). A worker that dies becomes a
+    ``crashed`` row; one that outlives ``opts.timeout_s`` (+ start-up grace) is killed and becomes ``timeout``."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_worker, args=(cfg.as_dict(), opts, q), daemon=True)
+    p.start()
+    limit = opts.timeout_s + 60.0 if opts.timeout_s > 0 else None  # grace for interpreter + torch import
+    try:
+        row, samples = q.get(timeout=limit)
+        p.join(timeout=30)
+        return row, samples
+    except queue.Empty:
+        row = cfg.as_dict()
+        if p.is_alive():
+            p.kill()
+            p.join()
+            row.update(status="timeout", error=f"worker killed after {limit:g} s")
+        else:
+            p.join()
+            row.update(status="crashed", error=f"worker died with exit code {p.exitcode}")
+        return row, []
+    finally:
+        if p.is_alive():
+            p.kill()
+        q.close()
+
+
+def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions | None = None, *,
+              isolate: bool = False, resume: bool = False, progress: bool = True, argv: list[str] | None = None,
+              measure_fn: Callable[[Config, RunOptions], tuple[dict[str, Any], list[float]]] | None = None,
+              ) -> list[dict[str, Any]]:
+    """Measure every config not already in ``DIR/results.csv`` (with ``resume``); returns the new rows."""
+    opts = opts or RunOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = collect_env(argv)
+    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    _write_sweep_def(out, configs, env)
+    done = completed_keys(out) if resume else set()
+    if not resume and (out / "results.csv").exists():
+        (out / "results.csv").unlink()
+        (out / "samples.jsonl").unlink(missing_ok=True)
+    todo = [c for c in configs if c.key() not in done]
+    writer = RowWriter(out / "results.csv", RESULT_COLUMNS)
+    flops_cache: dict[tuple, dict[str, Any]] = {}
+    if measure_fn is None:
+        measure_fn = measure_isolated if isolate else (lambda c, o: measure(c, o, flops_cache))
+    rows: list[dict[str, Any]] = []
+
+    from .progress import SweepProgress
+
+    with SweepProgress(len(todo), enabled=progress, skipped=len(configs) - len(todo)) as bar:
+        for cfg in todo:
+            bar.start(cfg.label())
+            row, samples = measure_fn(cfg, opts)
+            row.update(env_columns(env, cfg.device))
+            writer.append(row)
+            if samples:
+                append_jsonl(out / "samples.jsonl", {"key": list(cfg.key()), **cfg.as_dict(), "samples_ms": samples})
+            rows.append(row)
+            bar.advance(row)
+    return rows
+
+
+def _write_sweep_def(out: Path, configs: Sequence[Config], env: dict[str, Any]) -> None:
+    path = out / "sweep.json"
+    data = {"configs": [c.as_dict() for c in configs], "git_sha": env.get("git_sha"), "pid": os.getpid()}
+    path.write_text(json.dumps(data) + "\n")

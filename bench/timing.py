@@ -1,0 +1,137 @@
+"""Latency measurement on the well-kept timers, with warm-up and JIT/compile time kept out of the samples.
+
+* CPU: :class:`torch.utils.benchmark.Timer` with ``blocked_autorange`` and the thread count set explicitly (its
+  default is 1 thread, which would silently measure something else).
+* CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every call) with ``return_mode="all"`` so every
+  sample is kept; without Triton, a CUDA-event loop.
+
+The first call is timed on its own (``first_call_ms``: lazy init, cuDNN autotuning, torch.compile, Triton JIT);
+further warm-up calls run until ``warmup_s`` has passed. Neither enters the samples. The headline statistic is the
+median, with p20/p80, mean, std and the sample count; a run whose IQR/median exceeds ``NOISE_IQR`` is flagged noisy
+(torch.utils.benchmark warns at 10%).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Timing", "summarize", "time_fn", "NOISE_IQR"]
+
+NOISE_IQR = 0.10
+
+
+@dataclass
+class Timing:
+    samples_ms: list[float]
+    first_call_ms: float
+    warmup_ms: float
+    method: str
+    inner_loops: int = 1
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def median_ms(self) -> float:
+        return self.stats["p50"]
+
+    @property
+    def noisy(self) -> bool:
+        return self.stats["iqr_over_median"] > NOISE_IQR
+
+
+def _quantile(sorted_vals: list[float], q: float) -> float:
+    """Linear-interpolated quantile (numpy's default) of pre-sorted values."""
+    if len(sorted_vals) == 1:
+        return sorted_vals[0]
+    pos = q * (len(sorted_vals) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+def summarize(samples_ms: list[float]) -> dict[str, float]:
+    s = sorted(samples_ms)
+    p25, p50, p75 = _quantile(s, 0.25), _quantile(s, 0.5), _quantile(s, 0.75)
+    return {
+        "p50": p50, "p20": _quantile(s, 0.2), "p80": _quantile(s, 0.8), "mean": statistics.fmean(s),
+        "std": statistics.stdev(s) if len(s) > 1 else 0.0, "min": s[0], "max": s[-1], "n": float(len(s)),
+        "iqr_over_median": (p75 - p25) / p50 if p50 > 0 else 0.0,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, threads: int | None = None,
+            warmup_s: float = 0.2, min_time_s: float = 1.0, min_samples: int = 5) -> Timing:
+    """Time ``fn()`` (a zero-argument closure: all setup stays outside).
+
+    Args:
+        device: where ``fn`` runs (selects the timer).
+        threads: CPU threads for the measurement (default: the current ``torch.get_num_threads()``).
+        warmup_s: minimum warm-up time after the first call.
+        min_time_s: minimum total measured time.
+        min_samples: minimum number of samples, even if one call takes longer than ``min_time_s``.
+    """
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    first_ms = (time.perf_counter() - t0) * 1e3
+
+    t0 = time.perf_counter()
+    est_ms = first_ms
+    n_warm = 0
+    while n_warm < 2 or time.perf_counter() - t0 < warmup_s:
+        t1 = time.perf_counter()
+        fn()
+        _sync(device)
+        est_ms = (time.perf_counter() - t1) * 1e3
+        n_warm += 1
+    warmup_ms = (time.perf_counter() - t0) * 1e3
+    budget_s = max(min_time_s, min_samples * est_ms / 1e3 * 1.1)
+
+    if device.type == "cuda":
+        samples, method = _time_cuda(fn, device, budget_s, min_samples)
+        loops = 1
+    else:
+        from torch.utils.benchmark import Timer
+
+        nthreads = threads if threads is not None else torch.get_num_threads()
+        timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=nthreads)
+        m = timer.blocked_autorange(min_run_time=budget_s)
+        samples = [t * 1e3 for t in m.times]  # each is the mean of one block of number_per_run calls
+        loops = m.number_per_run
+        while len(samples) < min_samples:  # a very long call: top up with single-call blocks
+            samples += [t * 1e3 for t in timer.timeit(1).times]
+        method = f"torch.utils.benchmark.Timer.blocked_autorange(threads={nthreads})"
+    return Timing(samples, first_ms, warmup_ms, method, loops, summarize(samples))
+
+
+def _time_cuda(fn: Callable[[], Any], device: torch.device, budget_s: float, min_samples: int) -> tuple[list[float], str]:
+    try:
+        from triton.testing import do_bench
+
+        samples = do_bench(fn, warmup=1, rep=int(budget_s * 1e3), return_mode="all")
+        samples = [float(s) for s in samples]
+        if len(samples) >= min_samples:
+            return samples, "triton.testing.do_bench(cuda events, L2 flushed)"
+    except ImportError:
+        pass
+    samples = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t0 = time.perf_counter()
+    while len(samples) < min_samples or time.perf_counter() - t0 < budget_s:
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    return samples, "cuda events"
