@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,20 +50,28 @@ def measure_isolated(cfg: Config, opts: RunOptions) -> tuple[dict[str, Any], lis
     p = ctx.Process(target=_worker, args=(cfg.as_dict(), opts, q), daemon=True)
     p.start()
     limit = opts.timeout_s + 60.0 if opts.timeout_s > 0 else None  # grace for interpreter + torch import
+    deadline = time.monotonic() + limit if limit else None
+    row = cfg.as_dict()
     try:
-        row, samples = q.get(timeout=limit)
-        p.join(timeout=30)
-        return row, samples
-    except queue.Empty:
-        row = cfg.as_dict()
-        if p.is_alive():
-            p.kill()
-            p.join()
-            row.update(status="timeout", error=f"worker killed after {limit:g} s")
-        else:
-            p.join()
-            row.update(status="crashed", error=f"worker died with exit code {p.exitcode}")
-        return row, []
+        while True:
+            try:
+                got_row, samples = q.get(timeout=0.5)
+                p.join(timeout=30)
+                return got_row, samples
+            except queue.Empty:
+                pass
+            if not p.is_alive():
+                try:  # the result may have landed just before the process exited
+                    got_row, samples = q.get(timeout=1.0)
+                    return got_row, samples
+                except queue.Empty:
+                    row.update(status="crashed", error=f"worker died with exit code {p.exitcode}")
+                    return row, []
+            if deadline is not None and time.monotonic() > deadline:
+                p.kill()
+                p.join()
+                row.update(status="timeout", error=f"worker killed after {limit:g} s")
+                return row, []
     finally:
         if p.is_alive():
             p.kill()

@@ -1,0 +1,185 @@
+"""The sweep harness end to end: CSV schema, faults become rows, kill-and-resume, bad CLI input, report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import fake_models
+from bench.cli import main
+from bench.config import Config
+from bench.io import read_results
+from bench.runner import RESULT_COLUMNS, RunOptions
+from bench.sweep import run_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--min-time-s", "0.02", "--warmup-s", "0", "--no-progress"]
+FAST_OPTS = RunOptions(warmup_s=0.0, min_time_s=0.02, threads=1)
+
+
+@pytest.fixture
+def fakes():
+    fake_models.register_all()
+    yield
+    fake_models.unregister_all()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests" / "bench"), env.get("PYTHONPATH", "")])
+    env["VISIONBENCH_PLUGINS"] = "fake_models"
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_done_when_four_ok_rows_with_every_column(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc = main(["run", "--models", "resnet18", "--batch-sizes", "1", "2", "--dtypes", "fp32", "bf16", "--devices",
+               "cpu", "--input-size", "64", "--threads", "1", "--out", str(out), *FAST])
+    assert rc == 0
+    df = read_results(out / "results.csv")
+    assert list(df.columns) == RESULT_COLUMNS
+    assert len(df) == 4 and set(df["status"]) == {"ok"}
+    # Columns that may legitimately be empty on a CPU eager run; everything else must be filled.
+    may_be_empty = {"error", "reserved_mem_mb", "kernel_path", "kernels_switched", "kernels", "cuda_version",
+                    "flops_counter_warnings"}
+    for col in RESULT_COLUMNS:
+        if col not in may_be_empty:
+            assert df[col].notna().all(), f"column {col} has empty cells"
+    num = df.astype({"latency_ms_p50": float, "latency_ms_p20": float, "latency_ms_p80": float, "batch_size": int,
+                     "throughput_per_s": float, "gflops": float, "gmacs": float, "tflops_per_s": float,
+                     "n_samples": int})
+    assert (num["latency_ms_p20"] <= num["latency_ms_p50"]).all() and (num["latency_ms_p50"] <= num["latency_ms_p80"]).all()
+    assert (num["n_samples"] >= 5).all()
+    # Derived metrics recomputed from the stored raw columns.
+    pd.testing.assert_series_equal(num["throughput_per_s"], num["batch_size"] / (num["latency_ms_p50"] / 1e3),
+                                   check_names=False, rtol=1e-9)
+    pd.testing.assert_series_equal(num["tflops_per_s"],
+                                   num["gflops"] * num["batch_size"] / (num["latency_ms_p50"] / 1e3) / 1e3,
+                                   check_names=False, rtol=1e-9)
+    assert (num["gflops"] / num["gmacs"]).between(1.9, 2.1).all()  # FLOPs = 2 x MACs up to fvcore's extra ops
+    assert (out / "report.md").exists() and (out / "env.json").exists() and (out / "samples.jsonl").exists()
+    assert "## resnet18" in (out / "report.md").read_text()
+
+
+def test_failures_become_rows_and_the_sweep_goes_on(tmp_path: Path, fakes: None) -> None:
+    out = tmp_path / "run"
+    rc = main(["run", "--models", "fake_ok", "fake_raise", "fake_oom", "--batch-sizes", "1", "2", "--out", str(out),
+               *FAST])
+    assert rc == 1  # an error row makes the exit code non-zero
+    df = read_results(out / "results.csv")
+    assert len(df) == 6
+    status = df.groupby("model")["status"].agg(set).to_dict()
+    assert status == {"fake_ok": {"ok"}, "fake_raise": {"error"}, "fake_oom": {"oom"}}
+    err = df[df.model == "fake_raise"]["error"].iloc[0]
+    assert err == "ValueError: injected failure"
+    assert df[df.status != "ok"]["latency_ms_p50"].isna().all()  # failures are empty, never zeros
+
+
+def test_oom_alone_is_not_a_failed_exit(tmp_path: Path, fakes: None) -> None:
+    rc = main(["run", "--models", "fake_ok", "fake_oom", "--out", str(tmp_path / "r"), *FAST])
+    assert rc == 0
+
+
+def test_unsupported_dtype_and_device(tmp_path: Path) -> None:
+    rc = main(["run", "--models", "basic_cnn", "--dtypes", "tf32", "--devices", "cpu", "cuda", "--out",
+               str(tmp_path / "r"), *FAST])
+    df = read_results(tmp_path / "r" / "results.csv")
+    assert rc == 0 and set(df["status"]) == {"unsupported"}
+
+
+def test_timeout_in_process(tmp_path: Path, fakes: None) -> None:
+    rows = run_sweep([Config("fake_hang", "eager", "infer", "cpu", "fp32", 1)], tmp_path,
+                     RunOptions(warmup_s=0, min_time_s=0.01, timeout_s=1.0, count_flops=False), progress=False)
+    assert rows[0]["status"] == "timeout"
+
+
+def test_isolate_turns_a_dying_worker_into_a_crashed_row(tmp_path: Path) -> None:
+    out = tmp_path / "iso"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--models", "fake_die", "fake_ok", "--isolate",
+                           "--no-flops", "--out", str(out), *FAST], env=_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    df = read_results(out / "results.csv")
+    assert dict(zip(df.model, df.status)) == {"fake_die": "crashed", "fake_ok": "ok"}
+
+
+def test_kill_and_resume_yields_the_uninterrupted_set(tmp_path: Path, fakes: None) -> None:
+    args = ["run", "--models", "basic_cnn", "fake_ok", "--batch-sizes", "1", "2", "3", "--no-flops", *FAST]
+    ref = tmp_path / "ref"
+    assert main([*args, "--out", str(ref)]) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args, "--out", str(out)], env=_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    csv = out / "results.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill as soon as some but not all rows are on disk
+        if csv.exists() and 2 <= len(csv.read_text().splitlines()) <= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_results(csv, strict=False)
+    assert 1 <= len(partial) < 6, "the kill should land mid-sweep"
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    done = read_results(csv)
+    ref_df = read_results(ref / "results.csv")
+    key = ["model", "batch_size", "dtype", "backend", "mode", "device"]
+    assert sorted(map(tuple, done[key].values.tolist())) == sorted(map(tuple, ref_df[key].values.tolist()))
+    assert not done.duplicated(key).any()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--models", "resnt50"], "did you mean 'resnet50'"),
+    (["run", "--models", "resnet50", "--dtypes", "fp12"], "unknown dtype 'fp12'"),
+    (["run", "--models", "resnet50", "--devices", "tpu"], "unknown device 'tpu'"),
+    (["run", "--models", "resnet50", "--backends", "jax"], "unknown backend 'jax'"),
+    (["run", "--models", "resnet50", "--batch-sizes", "0"], "batch size must be a positive integer"),
+    (["run", "--suite", "quik"], "did you mean 'quick'"),
+    (["run", "--models", "resnet50", "--batch-sizes", "x"], "invalid int value"),
+    (["report", "/nonexistent/dir"], "no such run directory"),
+])
+def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main([*argv, "--out", str(tmp_path / "never")] if argv[0] == "run" else argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "never").exists()  # nothing measured
+
+
+def test_malformed_suite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import bench.config as cfg
+
+    bad = tmp_path / "suites.toml"
+    bad.write_text("[suite.x]\nmodels = 'all'\nbatch_size = [1]\n")
+    monkeypatch.setattr(cfg, "SUITES_FILE", bad)
+    monkeypatch.setattr(cfg.load_suites, "__defaults__", (bad,))
+    assert main(["run", "--suite", "x"]) == 2
+    assert "unknown keys ['batch_size']" in capsys.readouterr().err
+
+
+def test_report_rebuilds_markdown(tmp_path: Path, fakes: None) -> None:
+    out = tmp_path / "r"
+    main(["run", "--models", "fake_ok", "fake_raise", "--out", str(out), *FAST])
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## fake_ok" in text and "## fake_raise" in text and "**error**: ValueError: injected failure" in text
+    assert "torch " in text  # environment summary on top
+
+
+def test_dry_run_lists_configs_and_measures_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", "--suite", "gpu", "--dry-run", "--out", str(tmp_path / "d")])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "configs (dry run" in text and "import torch: ok" in text
+    assert not (tmp_path / "d").exists()
