@@ -66,7 +66,8 @@ class Config:
         return cls(**kw)
 
     def label(self) -> str:
-        extra = (" cl" if self.channels_last else "") + (f" k={self.kernels}" if self.kernels not in ("", "all") else "")
+        extra = " cl" if self.channels_last else ""
+        extra += f" k={self.kernels}" if self.kernels not in ("", "all") else ""
         size = f" {self.input_size}px" if self.input_size else ""
         return f"{self.model} {self.backend} {self.mode} {self.device} {self.dtype} b{self.batch_size}{size}{extra}"
 

@@ -35,8 +35,8 @@ def dry_run(configs: Sequence[Config]) -> int:
     for col in ("#", "model", "backend", "mode", "device", "dtype", "batch", "input", "channels_last", "kernels"):
         t.add_column(col)
     for i, c in enumerate(configs, 1):
-        t.add_row(str(i), c.model, c.backend, c.mode, c.device, c.dtype, str(c.batch_size), str(c.input_size or "default"),
-                  str(c.channels_last), c.kernels or "—")
+        t.add_row(str(i), c.model, c.backend, c.mode, c.device, c.dtype, str(c.batch_size),
+                  str(c.input_size or "default"), str(c.channels_last), c.kernels or "—")
     console.print(t)
     problems = 0
     for mod, err in check_imports(configs):

@@ -190,7 +190,7 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
 
 def _count(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
     """FLOPs per sample on the eager fp32 model (same math as every backend; Triton kernels are opaque to counters)."""
-    model, batch, spec = facts["_model"], facts["_batch"], facts["_spec"]
+    model, batch = facts["_model"], facts["_batch"]
     if cfg.mode == "infer":
         with torch.no_grad():
             torch_fc = count_flops(facts["_eager_step"], fvcore=False)
@@ -204,7 +204,9 @@ def _count(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
             fv = count_flops(model, *batch.inputs, fvcore=True, torch_counter=False)
     finally:
         model.train(was_training)
-    notes = torch_fc.unsupported + fv.unsupported + fv.notes + (["gmacs: fvcore, forward pass only"] if cfg.mode == "train" else [])
+    notes = torch_fc.unsupported + fv.unsupported + fv.notes
+    if cfg.mode == "train":
+        notes.append("gmacs: fvcore, forward pass only")
     bs = cfg.batch_size
     return {"gflops": torch_fc.flops / bs / 1e9, "gmacs": fv.macs / bs / 1e9 if fv.macs is not None else None,
             "flops_counter_warnings": "; ".join(notes)}

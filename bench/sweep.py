@@ -81,8 +81,12 @@ def measure_isolated(cfg: Config, opts: RunOptions) -> tuple[dict[str, Any], lis
 def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions | None = None, *,
               isolate: bool = False, resume: bool = False, progress: bool = True, argv: list[str] | None = None,
               measure_fn: Callable[[Config, RunOptions], tuple[dict[str, Any], list[float]]] | None = None,
-              ) -> list[dict[str, Any]]:
-    """Measure every config not already in ``DIR/results.csv`` (with ``resume``); returns the new rows."""
+              deadline: float | None = None) -> list[dict[str, Any]]:
+    """Measure every config not already in ``DIR/results.csv`` (with ``resume``); returns the new rows.
+
+    ``deadline`` (a ``time.monotonic()`` value): start no config after it; the configs left are listed in
+    ``DIR/skipped.txt`` (and ``--resume`` measures them later).
+    """
     opts = opts or RunOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +107,10 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
     from .progress import SweepProgress
 
     with SweepProgress(len(todo), enabled=progress, skipped=len(configs) - len(todo)) as bar:
-        for cfg in todo:
+        for i, cfg in enumerate(todo):
+            if deadline is not None and time.monotonic() > deadline:
+                (out / "skipped.txt").write_text("".join(c.label() + "\n" for c in todo[i:]))
+                break
             bar.start(cfg.label())
             row, samples = measure_fn(cfg, opts)
             row.update(env_columns(env, cfg.device))

@@ -115,7 +115,8 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
     return Timing(samples, first_ms, warmup_ms, method, loops, summarize(samples))
 
 
-def _time_cuda(fn: Callable[[], Any], device: torch.device, budget_s: float, min_samples: int) -> tuple[list[float], str]:
+def _time_cuda(fn: Callable[[], Any], device: torch.device, budget_s: float,
+               min_samples: int) -> tuple[list[float], str]:
     try:
         from triton.testing import do_bench
 

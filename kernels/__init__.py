@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+
 from ._triton import HAS_TRITON, dispatch_path, interpret_enabled
 from .registry import KernelInputs, KernelSpec, get_kernel, list_kernels, patch_model, register_kernel
 

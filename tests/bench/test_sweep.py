@@ -12,12 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import fake_models
 from bench.cli import main
 from bench.config import Config
 from bench.io import read_results
 from bench.runner import RESULT_COLUMNS, RunOptions
 from bench.sweep import run_sweep
+
+import fake_models
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--min-time-s", "0.02", "--warmup-s", "0", "--no-progress"]
@@ -56,7 +57,8 @@ def test_done_when_four_ok_rows_with_every_column(tmp_path: Path) -> None:
     num = df.astype({"latency_ms_p50": float, "latency_ms_p20": float, "latency_ms_p80": float, "batch_size": int,
                      "throughput_per_s": float, "gflops": float, "gmacs": float, "tflops_per_s": float,
                      "n_samples": int})
-    assert (num["latency_ms_p20"] <= num["latency_ms_p50"]).all() and (num["latency_ms_p50"] <= num["latency_ms_p80"]).all()
+    assert (num["latency_ms_p20"] <= num["latency_ms_p50"]).all()
+    assert (num["latency_ms_p50"] <= num["latency_ms_p80"]).all()
     assert (num["n_samples"] >= 5).all()
     # Derived metrics recomputed from the stored raw columns.
     pd.testing.assert_series_equal(num["throughput_per_s"], num["batch_size"] / (num["latency_ms_p50"] / 1e3),
@@ -156,7 +158,8 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], needle: str, capsys: p
     assert not (tmp_path / "never").exists()  # nothing measured
 
 
-def test_malformed_suite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_suite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
     import bench.config as cfg
 
     bad = tmp_path / "suites.toml"
