@@ -1,0 +1,103 @@
+"""The whole GPU job in one command, for a CUDA machine's existing Python with no network (``nox -s bench-gpu``).
+
+    python -m bench.gpu_job OUT_DIR [--budget-s 450] [--dry-run]
+
+Steps, all written under ``OUT_DIR`` and bounded by one wall-clock budget (default 7.5 minutes):
+
+1. ``kernels --check`` on CUDA at the real model shapes, fp32/fp16/bf16, forward and backward -> ``kernels_check.csv``
+2. ``kernels --bench`` for every kernel, shape and provider -> ``kernels.csv``
+3. a model sweep -> ``results.csv``: every model at batch 1 and a throughput batch, fp32/tf32/bf16 eager; the
+   ``triton`` backend for models with a kernel hot path; ``torch.compile`` for a few representative models only (a
+   compile of every model would not fit the budget). Configs are ordered by priority and the sweep stops starting
+   new ones when the budget is spent; the ones skipped are listed in ``skipped.txt`` (never reported as measured).
+4. ``report.md`` (with the kernel sections) and a short summary table printed last.
+
+Without fvcore (not on every GPU image) the GMACs column stays empty and says why; without nox, call this module
+directly. With no CUDA device it exits 1 after one sentence saying so (``--dry-run`` works anywhere: it lists the
+configs and checks the imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["main", "model_configs"]
+
+COMPILE_MODELS = ("resnet50", "efficientnet_b0", "vit_b_16", "swin_t")
+THROUGHPUT_BATCH = {"fasterrcnn_resnet50_fpn": 4, "vit_l_16": 32, "mae_vit_l_16": 32, "unet": 8, "unet_transposed": 8,
+                    "deeplabv3plus_resnet50": 8, "yolov5x": 16, "yolov5l": 16, "swin_b": 32}
+
+
+def model_configs() -> list:
+    """Model configs in priority order (eager fp32/bf16 first, then triton, tf32, compile)."""
+    import models
+    from bench.config import Config
+
+    names = [n for n in models.list_models() if models.get_spec(n).family != "fake"]
+    out: list[Config] = []
+
+    def add(backend: str, dtypes: tuple[str, ...], only: tuple[str, ...] | None = None) -> None:
+        for dt in dtypes:
+            for n in names:
+                if only is not None and n not in only:
+                    continue
+                for bs in (1, THROUGHPUT_BATCH.get(n, 64)):
+                    out.append(Config(n, backend, "infer", "cuda", dt, bs, False, "all" if backend == "triton" else ""))
+
+    add("eager", ("bf16", "fp32"))
+    hot = tuple(n for n in names if models.get_spec(n).hot_paths)
+    add("triton", ("bf16", "fp32"), hot)
+    add("eager", ("tf32",))
+    add("compile", ("bf16",), COMPILE_MODELS)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_job", description=__doc__.splitlines()[0])
+    p.add_argument("out", nargs="?", default="results/gpu")
+    p.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget for the whole job")
+    p.add_argument("--dry-run", action="store_true", help="list configs, check imports, measure nothing")
+    args = p.parse_args(argv)
+    t_start = time.monotonic()
+    configs = model_configs()
+    if args.dry_run:
+        from bench.dryrun import dry_run
+        from kernels import list_kernels
+
+        print(f"kernels: {', '.join(list_kernels())} (checked at real shapes fwd+bwd; benched vs all providers)")
+        return dry_run(configs)
+    if not torch.cuda.is_available():
+        print("bench-gpu needs a CUDA device, and torch.cuda.is_available() is False on this machine.", file=sys.stderr)
+        return 1
+
+    from bench.kernelbench.cli import run as kernels_run
+    from bench.progress import console, summary_table
+    from bench.report import write_report
+    from bench.runner import RunOptions
+    from bench.sweep import run_sweep
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    codes = {}
+    codes["check"] = kernels_run(["--check", "--device", "cuda", "--real-shapes", "--dtypes", "fp32", "fp16", "bf16",
+                                  "--out", str(out)])
+    codes["bench"] = kernels_run(["--bench", "--device", "cuda", "--out", str(out), "--warmup-ms", "10",
+                                  "--rep-ms", "40"])
+    opts = RunOptions(warmup_s=0.1, min_time_s=0.2, timeout_s=90.0)
+    done = run_sweep(configs, out, opts, resume=True, progress=True, argv=sys.argv,
+                     deadline=t_start + args.budget_s - 60.0)
+    skipped = (out / "skipped.txt").read_text().splitlines() if (out / "skipped.txt").exists() else []
+    write_report(out)
+    console.print(summary_table(done, title=f"GPU model sweep ({len(done)} configs, {len(skipped)} skipped for time)"))
+    console.print(f"kernels --check exit {codes['check']}, kernels --bench exit {codes['bench']}; "
+                  f"{time.monotonic() - t_start:.0f} s total; outputs in {out}")
+    return max(codes.values())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Sessions (``nox -l`` lists them):
+
+* ``tests`` (default): the whole CPU test suite; Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1).
+* ``lint``: ruff.
+* ``bench``: the main job on the CPU, the ``quick`` suite -> ``results/<run-name>/`` (``nox -s bench -- NAME``).
+* ``bench-gpu``: the full GPU job (kernel numerics on CUDA, kernel microbenchmarks, model sweep) in the *current*
+  interpreter, no new virtualenv, no network: ``nox -s bench-gpu -- OUT_DIR``. Exits non-zero without a CUDA device.
+* ``benchmarks``: pytest-benchmark comparisons of our code against its twins (tests/benchmarks/).
+
+Virtualenvs live outside the clone (``~/.cache/visionbench/nox``) and are reused, so torch (several GB) installs
+once per machine; the install step still runs every time, so a missing dependency still fails the session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.envdir = str(Path(os.environ.get("VISIONBENCH_NOX_ENVDIR", Path.home() / ".cache/visionbench/nox")))
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests"]
+
+CPU_ENV = {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def _install(session: nox.Session, extras: str = "dev") -> None:
+    # torch/torchvision ranges in pyproject admit the versions on this machine's disk (2.14.1 / 0.29.1).
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session(reuse_venv=True)
+def tests(session: nox.Session) -> None:
+    """Run the CPU test suite (Triton kernels in the interpreter). Extra args go to pytest."""
+    _install(session, "dev,ray")
+    session.run("pytest", "-q", "--durations=15", *session.posargs, env=CPU_ENV)
+
+
+@nox.session(reuse_venv=True)
+def lint(session: nox.Session) -> None:
+    """ruff over the whole repository."""
+    session.install("ruff>=0.4")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(reuse_venv=True)
+def bench(session: nox.Session) -> None:
+    """The quick CPU suite into results/<run-name>/ (default run name: cpu-quick)."""
+    _install(session, "dev")
+    name = session.posargs[0] if session.posargs else "cpu-quick"
+    session.run("python", "-m", "bench", "run", "--suite", "quick", "--out", f"results/{name}",
+                env={"PYTHONUNBUFFERED": "1"})
+
+
+@nox.session(name="bench-gpu", venv_backend="none")
+def bench_gpu(session: nox.Session) -> None:
+    """Full GPU job in the current interpreter (no venv, no network): nox -s bench-gpu -- OUT_DIR [--dry-run]."""
+    session.run("python", "-m", "bench.gpu_job", *(session.posargs or ["results/gpu"]))
+
+
+@nox.session(reuse_venv=True)
+def benchmarks(session: nox.Session) -> None:
+    """pytest-benchmark: our models against torchvision's twins on the CPU (not part of `tests`)."""
+    _install(session, "dev")
+    session.run("pytest", "tests/benchmarks", "-p", "no:cacheprovider", "-o", "addopts=", "--benchmark-only",
+                "--benchmark-columns=median,iqr,rounds", *session.posargs, env={"OMP_NUM_THREADS": "2"})

@@ -1,0 +1,31 @@
+"""The GPU job's CPU-side guarantees: a dry run lists configs and checks imports; no CUDA -> one sentence, exit 1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.gpu_job import main, model_configs
+
+
+def test_dry_run_lists_every_model_and_checks_imports(capsys: pytest.CaptureFixture[str]) -> None:
+    import models
+
+    assert main(["/tmp/never-written", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "import torch: ok" in out and "import kernels: ok" in out
+    configs = model_configs()
+    names = {c.model for c in configs}
+    assert names == {n for n in models.list_models() if models.get_spec(n).family != "fake"}
+    assert {c.backend for c in configs} == {"eager", "triton", "compile"}
+    assert all(c.device == "cuda" for c in configs)
+    # Triton-backend configs only for models that contain a kernel hot path.
+    assert all(models.get_spec(c.model).hot_paths for c in configs if c.backend == "triton")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA device")
+def test_without_cuda_one_sentence_and_nonzero(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    assert main([str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "bench-gpu needs a CUDA device, and torch.cuda.is_available() is False on this machine."
+    assert not (tmp_path / "out").exists()

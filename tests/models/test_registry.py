@@ -1,0 +1,79 @@
+"""Registry-driven tests: every registered model builds, runs forward and a train step at batch 2 on its default
+input, and declares exactly the kernel hot paths it contains."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from models.registry import HOT_PATHS, register_model, unregister_model
+
+ALL = [n for n in models.list_models() if models.get_spec(n).family != "fake"]
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _contains(model: nn.Module, hot_path: str) -> bool:
+    if hot_path == "depthwise_conv":
+        return any(isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.groups > 1
+                   for m in model.modules())
+    return any(getattr(m, "hot_path", None) == hot_path for m in model.modules())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_forward_and_train_step(name: str) -> None:
+    spec = models.get_spec(name)
+    model = models.create(name)
+    batch = spec.make_batch(2)
+    model.eval()
+    with torch.no_grad():
+        out = spec.forward(model, batch)
+    outs = _tensors(out)
+    assert outs, f"{name}: forward returned no tensors"
+    assert all(torch.isfinite(t).all() for t in outs if t.is_floating_point()), f"{name}: non-finite output"
+    if spec.task == "classification":
+        assert out.shape == (2, spec.num_classes)
+    model.train()
+    loss = spec.loss(model, batch)
+    assert loss.dim() == 0 and torch.isfinite(loss), f"{name}: loss {loss}"
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads, f"{name}: no parameter received a gradient"
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_declared_hot_paths_are_the_real_ones(name: str) -> None:
+    spec = models.get_spec(name)
+    model = spec.builder()
+    present = {h for h in HOT_PATHS if _contains(model, h)}
+    assert present == set(spec.hot_paths), f"{name}: declares {spec.hot_paths}, contains {sorted(present)}"
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(family="resnet", name="resnet50")(lambda: nn.Identity())
+
+
+def test_unknown_model_names_the_closest() -> None:
+    with pytest.raises(models.UnknownModelError, match="did you mean 'resnet50'"):
+        models.create("resnet05")
+
+
+def test_unknown_hot_path_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown hot paths"):
+        register_model(family="x", hot_paths=("flash",), name="_never")(lambda: nn.Identity())
+    unregister_model("_never")
