@@ -94,6 +94,8 @@ def collect_env(argv: list[str] | None = None) -> dict[str, Any]:
             env["driver"] = out[0] if out else None
         except (OSError, subprocess.SubprocessError):
             env["driver"] = None
+    # A busy machine is the commonest cause of run-to-run drift; `compare` warns when this differs.
+    env["load_avg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
     env["cpu_governor"] = governor.read_text().strip() if governor.exists() else None
     return env

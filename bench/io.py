@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RowWriter", "read_results", "BadInputError", "append_jsonl", "read_jsonl"]
+__all__ = ["RowWriter", "read_results", "row_line", "BadInputError", "append_jsonl", "read_jsonl"]
 
 
 class BadInputError(ValueError):
@@ -86,15 +86,23 @@ def read_results(path: str | Path, required: Iterable[str] = (), numeric: Iterab
     lines = raw.decode("utf-8", errors="replace").splitlines()
     if strict and not raw.endswith(b"\n"):
         raise BadInputError(f"{p}:{len(lines)}: truncated last line (the run was interrupted mid-write?)")
-    header = next(csv.reader([lines[0]]))
-    for i, row in enumerate(csv.reader(lines[1:]), start=2):
+    reader = csv.reader(lines)
+    header = next(reader)
+    row_lines: list[int] = []  # physical line of each data row (a quoted cell may span lines)
+    start = reader.line_num + 1
+    for row in reader:
         if row and len(row) != len(header):
-            raise BadInputError(f"{p}:{i}: expected {len(header)} fields, found {len(row)}")
+            raise BadInputError(f"{p}:{start}: expected {len(header)} fields, found {len(row)}")
+        if row:
+            row_lines.append(start)
+        start = reader.line_num + 1
     missing = [c for c in required if c not in header]
     if missing:
         raise BadInputError(f"{p}:1: missing columns {missing}")
     df = pd.read_csv(p, keep_default_na=False, dtype=str)
     df = df.astype(object).where(df != "", None)  # empty cell -> None (a failed config's metrics), never 0
+    if len(row_lines) == len(df):
+        df.attrs["lines"] = row_lines  # for error messages of later checks (see ``row_line``)
     for col in numeric:
         if col not in df.columns:
             continue
@@ -102,9 +110,15 @@ def read_results(path: str | Path, required: Iterable[str] = (), numeric: Iterab
         bad = vals.isna() & df[col].notna()
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
-            raise BadInputError(f"{p}:{i + 2}: column {col!r} has non-numeric value {df[col].iloc[i]!r}")
+            raise BadInputError(f"{p}:{row_line(df, i)}: column {col!r} has non-numeric value {df[col].iloc[i]!r}")
         df[col] = vals
     return df
+
+
+def row_line(df: pd.DataFrame, i: int) -> int:
+    """The file line of data row ``i`` (0-based) of a frame from :func:`read_results` (header = line 1)."""
+    lines = df.attrs.get("lines")
+    return int(lines[i]) if lines is not None and i < len(lines) else i + 2
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

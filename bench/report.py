@@ -67,8 +67,9 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
             noisy = " (noisy)" if str(r.get("noisy")).lower() == "true" else ""
             backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
             status = r.get("status") if ok else f"**{r.get('status')}**: {str(r.get('error') or '')[:80]}"
-            out.append(f"| {r['mode']} | {r['device']} | {r['dtype']} | {backend} | {int(r['batch_size'])} | {lat}{noisy}"
-                       f" | {_num(r.get('throughput_per_s'), '.1f')} | {_num(r.get('tflops_per_s'), '.3f')} | "
+            out.append(f"| {r['mode']} | {r['device']} | {r['dtype']} | {backend} | {int(r['batch_size'])} "
+                       f"| {lat}{noisy} | {_num(r.get('throughput_per_s'), '.1f')} | "
+                       f"{_num(r.get('tflops_per_s'), '.3f')} | "
                        f"{_num(r.get('peak_mem_mb'), '.0f')} | {_num(r.get('n_samples'), '.0f')} | {status} |")
         out.append("")
     for section in extra_sections or []:
@@ -126,4 +127,9 @@ def _optional_sections(d: Path, df: pd.DataFrame | None) -> list[str]:
         s = plots_section(d)
         if s:
             sections.append(s)
+    from .profile import profile_section  # top operators of `run --profile` traces (None when not profiled)
+
+    s = profile_section(d)
+    if s:
+        sections.append(s)
     return sections

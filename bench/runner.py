@@ -244,7 +244,10 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             if opts.profile_dir:
                 from .profile import profile_config
 
-                row["profile_trace"] = profile_config(step, cfg, opts.profile_dir)
+                try:  # a failed trace must not turn a measured config into an error row
+                    row["profile_trace"] = profile_config(step, cfg, opts.profile_dir)
+                except Exception as pe:  # noqa: BLE001
+                    row["profile_error"] = _first_line(pe)
         s = t.stats
         row.update({
             "status": "ok", "error": "", "latency_ms_p50": s["p50"], "latency_ms_p20": s["p20"],

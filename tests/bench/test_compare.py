@@ -155,7 +155,7 @@ def test_status_flops_memory_and_env_changes(tmp_path: Path, capsys: pytest.Capt
     b = write_run(tmp_path / "b", {oom: None, flops: s[flops], mem: s[mem], added: s[added]},
                   env={**ENV, "threads": 1, "torch_version": "2.15.0", "git_sha": "def"},
                   extra={oom: {"status": "oom", "error": "OutOfMemoryError: CUDA out of memory"},
-                         flops: {"gflops": 0.6}, mem: {"peak_mem_mb": 150.0}})
+                         flops: {"gflops": 0.6, "noisy": True}, mem: {"peak_mem_mb": 150.0}})
     c = compare_runs(load_run(a), load_run(b))
     by = {r["config"]: r for r in c.rows}
     assert by[oom.label()]["verdict"] == "regression" and by[oom.label()]["regression"]
@@ -169,6 +169,7 @@ def test_status_flops_memory_and_env_changes(tmp_path: Path, capsys: pytest.Capt
     assert diff["threads"]["material"] and diff["torch"]["new"] == "2.15.0" and not diff["git"]["material"]
     md = render_markdown(c)
     assert "environments differ" in md and "threads `2` → `1`" in md
+    assert "1 of 3 configs were flagged noisy" in md and "new flagged noisy" in by[flops.label()]["notes"]
     assert f"only in base (models): {gone.label()}" in md and f"only in new (models): {added.label()}" in md
     assert "❌ **2 regression(s)**" in md.splitlines()[2]
     assert run_cli(a, b, "--fail-on-regression") == 1

@@ -126,3 +126,20 @@ def test_trace_is_readable_by_torch_tb_profiler(tmp_path: Path) -> None:
     # A second profile of the same config replaces the first (one trace per config).
     path2 = Path(profile_config(step, cfg, tmp_path / "traces"))
     assert list((tmp_path / "traces").glob("*.pt.trace.json")) == [path2]
+
+
+@pytest.mark.gpu
+def test_cuda_profile_records_kernels_and_sorts_by_cuda_time(tmp_path: Path) -> None:
+    from bench.profile import profile_config
+    from bench.runner import build_step
+
+    cfg = Config("basic_cnn", "eager", "infer", "cuda", "fp32", 8)
+    step, _ = build_step(cfg)
+    step()
+    path = Path(profile_config(step, cfg, tmp_path / "traces"))
+    trace = json.loads(path.read_text())
+    assert any(e.get("cat") == "kernel" for e in trace["traceEvents"])  # CUDA activity recorded
+    top = json.loads(next((tmp_path / "traces").glob("*.top_ops.json")).read_text())
+    assert top["sort_by"] == "self_cuda_ms" and "CUDA" in top["activities"]
+    cuda_ms = [o["self_cuda_ms"] for o in top["ops"]]
+    assert cuda_ms[0] > 0 and cuda_ms == sorted(cuda_ms, reverse=True)
