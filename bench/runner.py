@@ -256,6 +256,8 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             "warmup_ms": t.warmup_ms, "throughput_per_s": cfg.batch_size / (s["p50"] / 1e3), "timer": t.method,
             "peak_mem_mb": mem.peak_mb, "reserved_mem_mb": mem.reserved_mb, "mem_method": mem.method,
         })
+        if row.get("profile_error"):  # measured fine; say the trace is missing and why
+            row["error"] = f"profile failed: {row['profile_error']}"
         if row.get("gflops") is not None:
             row["tflops_per_s"] = row["gflops"] * cfg.batch_size / (s["p50"] / 1e3) / 1e3
     except BaseException as e:  # noqa: BLE001 - every failure must become a row
