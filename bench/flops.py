@@ -53,8 +53,10 @@ def _register_cpu_sdpa() -> None:
 
 _register_cpu_sdpa()
 
-# Ops whose names say they multiply matrices or convolve; if one runs without a formula we report it.
-_HEAVY_WORDS = ("mm", "conv", "attention", "linear", "einsum", "matmul", "addbmm", "baddbmm", "_roi_align")
+# Ops whose names say they multiply matrices, convolve or gather (name tokens split on "_"): if one runs without a
+# formula we report it. Tokens, not substrings: "upsample_bilinear2d" is not a linear layer.
+_HEAVY_TOKENS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "conv", "conv1d", "conv2d", "conv3d", "convolution",
+                 "attention", "linear", "einsum", "matmul", "roi", "deform"}
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -76,9 +78,7 @@ def _torch_unsupported(rec: _OpRecorder) -> list[str]:
     out = []
     for pkt in rec.packets:
         name = str(pkt).split(".")[-1]
-        if pkt not in known and any(w in name for w in _HEAVY_WORDS) and not name.endswith("_"):
-            if name in ("mm_", "convolution_backward_overrideable"):
-                continue
+        if pkt not in known and _HEAVY_TOKENS & set(name.split("_")) and not name.endswith("_"):
             out.append(f"torch:{pkt}x{rec.seen[str(pkt)]}")
     return sorted(out)
 
