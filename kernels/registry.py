@@ -46,6 +46,8 @@ class KernelSpec:
         patch_model: ``patch_model(model) -> int`` switches every site of this hot path in ``model`` to the
             Triton path and returns how many sites it switched.
         dtypes: dtypes the kernel supports.
+        deterministic: whether two runs on the same inputs give the same bits (False for atomic-add backwards,
+            whose summation order varies on a GPU; the checker then compares the two poisoned runs by tolerance).
     """
 
     name: str
@@ -61,6 +63,7 @@ class KernelSpec:
     peers: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
     patch_model: Callable[[nn.Module], int] | None = None
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float16, torch.bfloat16)
+    deterministic: bool = True
     description: str = ""
 
 

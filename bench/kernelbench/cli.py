@@ -1,0 +1,288 @@
+"""``python -m bench kernels``: numerics check and GPU microbenchmarks of every registered Triton kernel.
+
+    TRITON_INTERPRET=1 python -m bench kernels --check                 # CI: every kernel's small shapes on the CPU
+    python -m bench kernels --bench --kernels window_attention --dtypes bf16 --out results/h100   # on a GPU
+
+Exit codes: 0 all good; 1 ``--check`` found a failing/erroring row, or ``--bench`` could not time the Triton provider
+somewhere (oom/error/compile_error; peers and eager failing do not count); 2 bad input, checked before anything runs:
+an unknown kernel, shape, dtype, direction or provider (one line naming the valid choices), no ``--check``/``--bench``,
+``--bench`` without a CUDA device (we chose 2: the request cannot be served on this machine, which is a usage error,
+not a measurement that failed), or ``--check`` where Triton cannot run (CPU without ``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import validate_choice
+from bench.io import BadInputError, RowWriter
+
+from .check import (
+    CHECK_COLUMNS,
+    DIRECTIONS,
+    DTYPES,
+    TritonUnavailableError,
+    check_case,
+    dtype_name,
+    is_failure,
+    iter_cases,
+    require_triton_path,
+    summarize_statuses,
+)
+
+__all__ = ["add_arguments", "main", "run"]
+
+CHECK_CSV = "kernels_check.csv"
+BENCH_CSV = "kernels.csv"
+DEFAULT_CHECK_DTYPES = ("fp32", "fp16", "bf16", "fp64")
+DEFAULT_BENCH_DTYPES = ("bf16", "fp16", "fp32")
+NEEDS_CUDA = ("--bench needs a CUDA device and none is available here (torch.cuda.is_available() is False); "
+              "run it on a GPU machine, or use --check on the CPU with TRITON_INTERPRET=1.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``kernels`` subcommand's flags (the lead's ``bench/cli.py`` calls this on its sub-parser)."""
+    p.add_argument("--check", action="store_true", help="numerics against float64 and eager (pass/fail, exit 1)")
+    p.add_argument("--bench", action="store_true", help="GPU latency, TFLOP/s, GB/s, %% of peak, speedups")
+    p.add_argument("--kernels", nargs="+", metavar="NAME", help="default: every registered kernel")
+    p.add_argument("--shapes", nargs="+", metavar="NAME", help="named shapes (default: all of the chosen set)")
+    p.add_argument("--dtypes", nargs="+", metavar="DTYPE",
+                   help=f"{' '.join(DTYPES)} (default: check {' '.join(DEFAULT_CHECK_DTYPES)}; "
+                        f"bench {' '.join(DEFAULT_BENCH_DTYPES)})")
+    p.add_argument("--directions", nargs="+", metavar="DIR", help="forward backward (default: both)")
+    p.add_argument("--providers", nargs="+", metavar="NAME",
+                   help="bench providers: triton eager compile and the kernels' peers (default: all)")
+    p.add_argument("--out", metavar="DIR", help=f"write DIR/{CHECK_CSV} and DIR/{BENCH_CSV} row by row")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--test-shapes", dest="shape_set", action="store_const", const="test",
+                   help="the small odd shapes (default for --check on the CPU)")
+    g.add_argument("--real-shapes", dest="shape_set", action="store_const", const="real",
+                   help="the real model shapes (default on CUDA and for --bench)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    p.add_argument("--warmup-ms", type=float, default=25.0, help="bench warm-up budget per provider (ms)")
+    p.add_argument("--rep-ms", type=float, default=100.0, help="bench measurement budget per provider (ms)")
+
+
+# --- validation -------------------------------------------------------------------------------------------------------
+
+
+class _Plan:
+    """Validated arguments."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import kernels  # noqa: F401 - importing registers every kernel
+        from kernels.registry import get_kernel, list_kernels
+
+        self.check = bool(getattr(args, "check", False))
+        self.bench = bool(getattr(args, "bench", False))
+        if not (self.check or self.bench):
+            raise BadInputError("choose what to run: --check (numerics) and/or --bench (GPU timing)")
+        registered = list_kernels()
+        if not registered:
+            raise BadInputError("no kernels are registered (each kernels/<name>/__init__.py calls register_kernel)")
+        names = getattr(args, "kernels", None) or registered
+        for n in names:
+            validate_choice("kernel", n, registered)
+        self.specs = [get_kernel(n) for n in dict.fromkeys(names)]
+
+        cuda = torch.cuda.is_available()
+        self.device = getattr(args, "device", None) or ("cuda" if cuda else "cpu")
+        if self.device == "cuda" and not cuda:
+            raise BadInputError(NEEDS_CUDA if self.bench else "--device cuda: no CUDA device is available")
+        if self.bench and self.device != "cuda":
+            raise BadInputError("--bench times GPU kernels: use --device cuda (CPU timings of Triton's interpreter "
+                                "would mean nothing)" if cuda else NEEDS_CUDA)
+
+        shape_set = getattr(args, "shape_set", None)
+        self.real_shapes = (shape_set == "real") if shape_set else (self.device == "cuda" or not self.check)
+        sets = [s.shapes if self.real_shapes else s.test_shapes for s in self.specs]
+        valid_shapes = sorted({n for shapes in sets for n in shapes})
+        self.shapes = getattr(args, "shapes", None)
+        for n in self.shapes or ():
+            validate_choice("shape", n, valid_shapes)
+
+        self.dtypes = self._dtypes(getattr(args, "dtypes", None))
+        self.directions = list(dict.fromkeys(getattr(args, "directions", None) or DIRECTIONS))
+        for d in self.directions:
+            validate_choice("direction", d, list(DIRECTIONS))
+
+        from .microbench import provider_names
+
+        valid_providers = list(dict.fromkeys(p for s in self.specs for p in provider_names(s)))
+        self.providers = getattr(args, "providers", None)
+        for p in self.providers or ():
+            validate_choice("provider", p, valid_providers)
+        out = getattr(args, "out", None)
+        self.out = Path(out) if out else None
+        self.seed = int(getattr(args, "seed", 0) or 0)
+        self.warmup_ms = float(getattr(args, "warmup_ms", 25.0) or 25.0)
+        self.rep_ms = float(getattr(args, "rep_ms", 100.0) or 100.0)
+        if self.check:
+            try:
+                require_triton_path(self.device)
+            except TritonUnavailableError as e:
+                raise BadInputError(str(e)) from None
+
+    def _dtypes(self, names: Sequence[str] | None) -> dict[str, list[torch.dtype]]:
+        for n in names or ():
+            validate_choice("dtype", n, list(DTYPES))
+        pick = lambda default: [DTYPES[n] for n in dict.fromkeys(names or default)]  # noqa: E731
+        return {"check": pick(DEFAULT_CHECK_DTYPES), "bench": pick(DEFAULT_BENCH_DTYPES)}
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    c = Console()
+    if not c.is_terminal:  # CI logs: do not squeeze the table into 80 columns
+        c = Console(width=220)
+    return c
+
+
+def _g(x: Any, spec: str = ".3g") -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    return format(x, spec)
+
+
+_STYLE = {"pass": "green", "ok": "green", "fail": "bold red", "error": "bold red", "unsupported": "yellow"}
+
+
+def print_check_table(rows: Sequence[dict[str, Any]], console: Any = None) -> None:
+    from rich.table import Table
+
+    t = Table(title="Kernel numerics (vs float64; eager = the reference in the same dtype)", show_lines=False)
+    for col in ("kernel", "shape", "dtype", "dir", "output", "path", "max_abs", "rel_fro", "eager max_abs",
+                "eager rel_fro", "tol max_abs", "tol rel_fro", "status", "message"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        st = r["status"]
+        t.add_row(r["kernel"], r["shape"], r["dtype"], r["direction"][:3], r["output"], r["path"],
+                  _g(r.get("max_abs_err")), _g(r.get("rel_fro_err")), _g(r.get("eager_max_abs_err")),
+                  _g(r.get("eager_rel_fro_err")), _g(r.get("tol_max_abs")), _g(r.get("tol_rel_fro")),
+                  f"[{_STYLE.get(st, '')}]{st}[/]", r.get("message", ""))
+    (console or _console()).print(t)
+
+
+def print_bench_table(rows: Sequence[dict[str, Any]], console: Any = None) -> None:
+    from rich.table import Table
+
+    t = Table(title="Kernel microbenchmarks (p50 with L2 flushed; warm = L2 not flushed)")
+    for col in ("kernel", "shape", "dtype", "dir", "provider", "status", "p50 µs", "p20-p80 µs", "warm µs",
+                "compile ms", "TFLOP/s", "GB/s", "% peak BW", "floor µs", "× eager", "× compile", "× best peer",
+                "message"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        st = r["status"]
+        t.add_row(r["kernel"], r["shape"], r["dtype"], r["direction"][:3], r["provider"],
+                  f"[{_STYLE.get(st, 'red')}]{st}[/]", _g(r.get("p50_us"), ".1f"),
+                  f"{_g(r.get('p20_us'), '.1f')}-{_g(r.get('p80_us'), '.1f')}", _g(r.get("warm_p50_us"), ".1f"),
+                  _g(r.get("compile_ms"), ".0f"), _g(r.get("tflops"), ".2f"), _g(r.get("gbps"), ".0f"),
+                  _g(r.get("pct_peak_bw"), ".1f"), _g(r.get("floor_us"), ".1f"), _g(r.get("speedup_vs_eager"), ".2f"),
+                  _g(r.get("speedup_vs_compile"), ".2f"),
+                  _g(r.get("speedup_vs_best_peer"), ".2f") + (f" ({r['best_peer']})" if r.get("best_peer") else ""),
+                  r.get("message", ""))
+    (console or _console()).print(t)
+
+
+def _env_columns(device: str) -> tuple[list[str], dict[str, Any]]:
+    from bench.env import ENV_COLUMNS, collect_env, env_columns
+
+    cols = env_columns(collect_env(sys.argv), device)
+    return [c for c in ENV_COLUMNS if c in cols], cols
+
+
+# --- the two modes ------------------------------------------------------------------------------------------------
+
+
+def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
+    cases = list(iter_cases(plan.specs, plan.dtypes["check"], plan.directions, plan.shapes, plan.real_shapes))
+    env_cols, env = _env_columns(plan.device)
+    writer = RowWriter(plan.out / CHECK_CSV, CHECK_COLUMNS + env_cols) if plan.out else None
+    rows: list[dict[str, Any]] = []
+    for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
+        case_rows = check_case(spec, shape_name, shape, dtype, direction, plan.device, plan.seed)
+        for r in case_rows:
+            if writer is not None:
+                writer.append({**r, **env})
+            rows.append(r)
+        worst = max((r["status"] for r in case_rows), key=["pass", "unsupported", "fail", "error"].index)
+        sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {case_rows[0]['dtype']} {direction}: "
+                         f"{worst} ({case_rows[0]['elapsed_s']:.1f}s)\n")
+    console = _console()
+    print_check_table(rows, console)
+    counts = summarize_statuses(rows)
+    console.print(" · ".join(f"{k}: {v}" for k, v in counts.items())
+                  + (f" · rows in {plan.out / CHECK_CSV}" if plan.out else ""))
+    return (1 if any(is_failure(r) for r in rows) else 0), rows
+
+
+def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
+    from .microbench import BENCH_COLUMNS, bench_case, cuda_context_ok, provider_names
+    from .peaks import device_peak
+
+    peak = device_peak(plan.device)
+    sys.stderr.write(f"device {peak.device_name}: peak {peak.gbps:.0f} GB/s ({peak.source}); "
+                     f"measured copy {peak.copy_gbps or float('nan'):.0f} GB/s\n")
+    env_cols, env = _env_columns(plan.device)
+    writer = RowWriter(plan.out / BENCH_CSV, BENCH_COLUMNS + env_cols) if plan.out else None
+    rows: list[dict[str, Any]] = []
+    cases = list(iter_cases(plan.specs, plan.dtypes["bench"], plan.directions, plan.shapes, plan.real_shapes))
+    dead = False
+    for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
+        provs = [p for p in provider_names(spec) if plan.providers is None or p in plan.providers]
+        if not provs:
+            continue
+        if dead:
+            case_rows = [{"kernel": spec.name, "shape": shape_name, "dtype": dtype_name(dtype), "direction": direction,
+                          "provider": p, "status": "error",
+                          "message": "skipped: the CUDA context is unusable after an earlier error"} for p in provs]
+        else:
+            case_rows = bench_case(spec, shape_name, shape, dtype, direction, provs, plan.device, peak,
+                                   plan.warmup_ms, plan.rep_ms, plan.seed)
+            dead = not cuda_context_ok()
+        for r in case_rows:
+            if writer is not None:
+                writer.append({**r, **env})
+            rows.append(r)
+        sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {direction}: "
+                         + ", ".join(f"{r['provider']} {r['status']}" for r in case_rows) + "\n")
+    print_bench_table(rows, _console())
+    bad = [r for r in rows if r["provider"] == "triton" and r["status"] not in ("ok", "unsupported")]
+    return (1 if bad else 0), rows
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``--check`` and/or ``--bench`` as the flags say; returns the exit code (see the module docstring)."""
+    try:
+        plan = _Plan(args)
+    except BadInputError as e:
+        sys.stderr.write(f"bench kernels: error: {e}\n")
+        return 2
+    code = 0
+    if plan.check:
+        code = max(code, run_check(plan)[0])
+    if plan.bench:
+        code = max(code, run_bench(plan)[0])
+    return code
+
+
+def run(argv: Sequence[str]) -> int:
+    """Parse ``argv`` with :func:`add_arguments` and run :func:`main` (for tests and ``python -m``)."""
+    p = argparse.ArgumentParser(prog="python -m bench.kernelbench.cli", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return main(p.parse_args(list(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
