@@ -349,10 +349,10 @@ class MultiScaleRoIAlign(nn.Module):
         ids = torch.cat([torch.full_like(b[:, :1], i) for i, b in enumerate(boxes)])
         rois = torch.cat([ids, torch.cat(boxes)], dim=1)
         levels = self.levels(rois[:, 1:], scales)  # from the (fp32) boxes, before any cast
-        rois = rois.to(feats[0].dtype)  # torchvision's roi_align wants the input's dtype
-        if self.multilevel_fn is not None:
+        if self.multilevel_fn is not None:  # takes fp32 boxes beside half-precision maps: no coordinate rounding
             return self.multilevel_fn(feats, rois, scales, levels, self.output_size, self.sampling_ratio,
                                       self.aligned)
+        rois = rois.to(feats[0].dtype)  # torchvision's roi_align wants the input's dtype
         out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], *self.output_size))
         for lvl, (f, scale) in enumerate(zip(feats, scales)):
             idx = torch.where(levels == lvl)[0]
