@@ -148,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads <= 0:
         raise BadInputError(f"--threads must be positive, got {args.threads}")
     shard = getattr(args, "shard", None)
-    if shard:
+    sweep_configs = configs  # the whole sweep, recorded in sweep.json even when this run is one shard of it
+    if shard is not None:  # an empty --shard '' is a bad spec, not "no shard"
         from .distributed import select_shard
 
         configs = select_shard(configs, shard)
@@ -166,14 +167,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     isolate = args.isolate if args.isolate is not None else bool(suite.get("isolate", False))
     ray_address = getattr(args, "ray", None)
-    if ray_address:
+    if ray_address is not None:
         from .distributed import run_on_ray
 
         rows = run_on_ray(configs, out, opts, address=ray_address, resume=args.resume, argv=sys.argv,
-                          progress=not args.no_progress, cpus_per_task=getattr(args, "ray_cpus_per_task", 1))
+                          progress=not args.no_progress, cpus_per_task=getattr(args, "ray_cpus_per_task", 1),
+                          sweep_configs=sweep_configs, shard=shard)
     else:
         rows = run_sweep(configs, out, opts, isolate=isolate, resume=args.resume, progress=not args.no_progress,
-                         argv=sys.argv)
+                         argv=sys.argv, sweep_configs=sweep_configs, shard=shard)
     report = write_report(out)
     console.print(summary_table(rows))
     console.print(f"wrote {out / 'results.csv'}, {report}, {out / 'env.json'}")

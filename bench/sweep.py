@@ -23,7 +23,7 @@ from .env import collect_env, env_columns
 from .io import RowWriter, append_jsonl, read_results
 from .runner import RESULT_COLUMNS, RunOptions, measure
 
-__all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated"]
+__all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated", "open_run_dir", "record_row"]
 
 # Statuses that make the sweep's exit code non-zero (ok, unsupported and oom are expected outcomes).
 FAILED_STATUSES = ("error", "timeout", "crashed")
@@ -81,24 +81,18 @@ def measure_isolated(cfg: Config, opts: RunOptions) -> tuple[dict[str, Any], lis
 def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions | None = None, *,
               isolate: bool = False, resume: bool = False, progress: bool = True, argv: list[str] | None = None,
               measure_fn: Callable[[Config, RunOptions], tuple[dict[str, Any], list[float]]] | None = None,
-              deadline: float | None = None) -> list[dict[str, Any]]:
+              deadline: float | None = None, sweep_configs: Sequence[Config] | None = None,
+              shard: str | None = None) -> list[dict[str, Any]]:
     """Measure every config not already in ``DIR/results.csv`` (with ``resume``); returns the new rows.
 
     ``deadline`` (a ``time.monotonic()`` value): start no config after it; the configs left are listed in
-    ``DIR/skipped.txt`` (and ``--resume`` measures them later).
+    ``DIR/skipped.txt`` (and ``--resume`` measures them later). ``sweep_configs``/``shard``: with ``--shard I/N``,
+    the whole sweep and the slice spec, recorded in ``sweep.json`` for ``merge``.
     """
     opts = opts or RunOptions()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    env = collect_env(argv)
-    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
-    _write_sweep_def(out, configs, env)
-    done = completed_keys(out) if resume else set()
-    if not resume and (out / "results.csv").exists():
-        (out / "results.csv").unlink()
-        (out / "samples.jsonl").unlink(missing_ok=True)
-    todo = [c for c in configs if c.key() not in done]
-    writer = RowWriter(out / "results.csv", RESULT_COLUMNS)
+    env, todo, writer = open_run_dir(configs, out, resume=resume, argv=argv, sweep_configs=sweep_configs,
+                                     shard=shard)
     flops_cache: dict[tuple, dict[str, Any]] = {}
     if measure_fn is None:
         measure_fn = measure_isolated if isolate else (lambda c, o: measure(c, o, flops_cache))
@@ -114,15 +108,40 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
             bar.start(cfg.label())
             row, samples = measure_fn(cfg, opts)
             row.update(env_columns(env, cfg.device))
-            writer.append(row)
-            if samples:
-                append_jsonl(out / "samples.jsonl", {"key": list(cfg.key()), **cfg.as_dict(), "samples_ms": samples})
+            record_row(out, writer, cfg, row, samples)
             rows.append(row)
             bar.advance(row)
     return rows
 
 
-def _write_sweep_def(out: Path, configs: Sequence[Config], env: dict[str, Any]) -> None:
+def open_run_dir(configs: Sequence[Config], out: Path, *, resume: bool, argv: list[str] | None,
+                 sweep_configs: Sequence[Config] | None = None, shard: str | None = None,
+                 columns: Sequence[str] = RESULT_COLUMNS) -> tuple[dict[str, Any], list[Config], RowWriter]:
+    """Create ``DIR``, write ``env.json`` and ``sweep.json``, apply ``--resume`` (else clear old results).
+
+    Returns ``(env, configs still to measure, writer for results.csv)``; shared by local and Ray sweeps.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    env = collect_env(argv)
+    (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
+    _write_sweep_def(out, configs if sweep_configs is None else sweep_configs, env, shard)
+    done = completed_keys(out) if resume else set()
+    if not resume and (out / "results.csv").exists():
+        (out / "results.csv").unlink()
+        (out / "samples.jsonl").unlink(missing_ok=True)
+    todo = [c for c in configs if c.key() not in done]
+    return env, todo, RowWriter(out / "results.csv", columns)
+
+
+def record_row(out: Path, writer: RowWriter, cfg: Config, row: dict[str, Any], samples: list[float]) -> None:
+    """Append one finished config: its row to ``results.csv`` and its raw samples to ``samples.jsonl``."""
+    writer.append(row)
+    if samples:
+        append_jsonl(out / "samples.jsonl", {"key": list(cfg.key()), **cfg.as_dict(), "samples_ms": samples})
+
+
+def _write_sweep_def(out: Path, configs: Sequence[Config], env: dict[str, Any], shard: str | None = None) -> None:
     path = out / "sweep.json"
-    data = {"configs": [c.as_dict() for c in configs], "git_sha": env.get("git_sha"), "pid": os.getpid()}
+    data = {"configs": [c.as_dict() for c in configs], "git_sha": env.get("git_sha"),
+            "git_dirty": env.get("git_dirty"), "shard": shard, "pid": os.getpid()}
     path.write_text(json.dumps(data) + "\n")

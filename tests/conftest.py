@@ -7,6 +7,9 @@ import random
 
 # Must be set before anything imports triton, or kernels run (and fail) as GPU code.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Test Ray clusters must stay on loopback: with this flag off, Ray takes 127.0.0.1 as the node address instead of the
+# machine's network address (read when ray is imported, and inherited by the node processes the tests start).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
