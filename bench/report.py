@@ -43,7 +43,7 @@ def _env_summary(env: dict[str, Any]) -> str:
 
 
 def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sections: list[str] | None = None) -> str:
-    out = ["# visionbench report", "", _env_summary(env or {}), _conventions(), ""]
+    out = ["# visionbench report", "", _env_summary(env or {}), _conventions() if len(df) else "", ""]
     group_cols = ["model"] + (["device_name"] if "device_name" in df and df["device_name"].nunique() > 1 else [])
     for keys, g in df.groupby(group_cols, sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)

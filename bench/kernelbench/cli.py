@@ -270,6 +270,13 @@ def main(args: argparse.Namespace) -> int:
         sys.stderr.write(f"bench kernels: error: {e}\n")
         return 2
     code = 0
+    if plan.out is not None:  # the run's environment beside its CSVs, as for model sweeps (the report reads it)
+        import json
+
+        from bench.env import collect_env
+
+        plan.out.mkdir(parents=True, exist_ok=True)
+        (plan.out / "env.json").write_text(json.dumps(collect_env(sys.argv), indent=2) + "\n")
     if plan.check:
         code = max(code, run_check(plan)[0])
     if plan.bench:
