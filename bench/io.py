@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["RowWriter", "read_results", "row_line", "BadInputError", "append_jsonl", "read_jsonl"]
+__all__ = ["drop_torn_tail", "RowWriter", "read_results", "row_line", "BadInputError", "append_jsonl", "read_jsonl"]
 
 
 class BadInputError(ValueError):
@@ -29,7 +29,7 @@ class RowWriter:
         self.columns = list(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
-            _drop_torn_tail(self.path)
+            drop_torn_tail(self.path)
             with self.path.open(newline="") as f:
                 header = next(csv.reader(f), [])
             missing = [c for c in self.columns if c not in header]
@@ -60,7 +60,8 @@ def _cell(v: Any) -> Any:
     return v
 
 
-def _drop_torn_tail(path: Path) -> None:
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a killed writer left without its newline (so appends start on a fresh line)."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         cut = data.rfind(b"\n") + 1

@@ -222,6 +222,7 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
     old_threads = torch.get_num_threads()
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    row["threads"] = torch.get_num_threads()  # what this config ran with, not the process default
     try:
         with time_limit(opts.timeout_s):
             probe_support(cfg)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Config, key_of_row
 from .env import collect_env, env_columns
-from .io import RowWriter, append_jsonl, read_results
+from .io import RowWriter, append_jsonl, drop_torn_tail, read_results
 from .runner import RESULT_COLUMNS, RunOptions, measure
 
 __all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated", "open_run_dir", "record_row"]
@@ -107,7 +107,7 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
                 break
             bar.start(cfg.label())
             row, samples = measure_fn(cfg, opts)
-            row.update(env_columns(env, cfg.device))
+            row = {**env_columns(env, cfg.device), **row}  # facts measured with the row (threads) win
             record_row(out, writer, cfg, row, samples)
             rows.append(row)
             bar.advance(row)
@@ -126,6 +126,8 @@ def open_run_dir(configs: Sequence[Config], out: Path, *, resume: bool, argv: li
     (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     _write_sweep_def(out, configs if sweep_configs is None else sweep_configs, env, shard)
     done = completed_keys(out) if resume else set()
+    if resume and (out / "samples.jsonl").exists():
+        drop_torn_tail(out / "samples.jsonl")  # a kill mid-write must not leave a broken line in the middle
     if not resume and (out / "results.csv").exists():
         (out / "results.csv").unlink()
         (out / "samples.jsonl").unlink(missing_ok=True)

@@ -186,3 +186,21 @@ def test_dry_run_lists_configs_and_measures_nothing(tmp_path: Path, capsys: pyte
     text = capsys.readouterr().out
     assert "configs (dry run" in text and "import torch: ok" in text
     assert not (tmp_path / "d").exists()
+
+
+def test_resume_repairs_a_torn_samples_line(tmp_path: Path, fakes: None) -> None:
+    out = tmp_path / "r"
+    args = ["run", "--models", "fake_ok", "--batch-sizes", "1", "2", "--no-flops", "--out", str(out), *FAST]
+    assert main(args) == 0
+    samples = out / "samples.jsonl"
+    csv = out / "results.csv"
+    # Simulate a kill in the middle of writing the second config: half a samples line, and its CSV row missing.
+    lines = samples.read_text().splitlines()
+    samples.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
+    csv.write_text("".join(csv.read_text().splitlines(keepends=True)[:2]))
+    assert main([*args, "--resume"]) == 0
+    from bench.io import read_jsonl
+
+    records = read_jsonl(samples)  # raises on a broken line
+    assert [r["batch_size"] for r in records] == [1, 2]
+    assert len(read_results(csv)) == 2
