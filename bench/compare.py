@@ -63,15 +63,18 @@ class _Kind:
     memory: str = ""
 
 
-MODELS = _Kind("models", "results.csv", KEY_FIELDS,
+# Every key ends with the device name: a run that spans several GPU types (a Ray cluster, merged shards) holds one row
+# per config *and device*, and two runs are compared device by device (`--match-ignore device_name` pairs across).
+MODELS = _Kind("models", "results.csv", (*KEY_FIELDS, "device_name"),
                ("model", "backend", "mode", "device", "dtype", "batch_size", "status", "latency_ms_p50"),
                ("batch_size", "input_size", "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "n_samples",
                 "gflops", "peak_mem_mb", "threads"),
                "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "ms", "samples.jsonl", "gflops", "peak_mem_mb")
-KERNELS = _Kind("kernels", "kernels.csv", KERNEL_KEY, (*KERNEL_KEY, "status", "p50_us"),
+KERNELS = _Kind("kernels", "kernels.csv", (*KERNEL_KEY, "device_name"), (*KERNEL_KEY, "status", "p50_us"),
                 ("p50_us", "p20_us", "p80_us", "n_samples", "flops", "bytes"),
                 "p50_us", "p20_us", "p80_us", "µs", "kernels_samples.jsonl", "flops")
-CHECKS = _Kind("numerics", "kernels_check.csv", CHECK_KEY, (*CHECK_KEY, "status"), ("max_abs_err", "rel_fro_err"))
+CHECKS = _Kind("numerics", "kernels_check.csv", (*CHECK_KEY, "device_name"), (*CHECK_KEY, "status"),
+               ("max_abs_err", "rel_fro_err"))
 KINDS = (MODELS, KERNELS, CHECKS)
 
 
@@ -96,9 +99,10 @@ class Run:
 
 
 def _row_key(kind: _Kind, row: dict[str, Any]) -> tuple[str, ...]:
+    device = str(row.get("device_name") or "")
     if kind is MODELS:
-        return Config.from_dict(row).key()
-    return tuple(str(row.get(f) if row.get(f) is not None else "") for f in kind.key)
+        return (*Config.from_dict(row).key(), device)
+    return (*(str(row.get(f) if row.get(f) is not None else "") for f in kind.key[:-1]), device)
 
 
 def _read_table(kind: _Kind, path: Path) -> Table:
@@ -146,6 +150,9 @@ def _read_samples(table: Table, path: Path) -> None:
             key = _row_key(table.kind, rec)
         except (ValueError, TypeError, KeyError) as e:
             raise BadInputError(f"{path}:{i}: bad config key fields ({e})") from None
+        if "device_name" not in rec:  # older records: the config alone identifies the row if it is unique
+            same = [k for k in table.rows if k[:-1] == key[:-1]]
+            key = same[0] if len(same) == 1 else key
         if not isinstance(vals, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  for v in vals):
             raise BadInputError(f"{path}:{i}: samples must be a list of numbers")
@@ -260,7 +267,7 @@ def _fmt_key(kind: _Kind, key: Sequence[str]) -> str:
 def _label(kind: _Kind, row: dict[str, Any]) -> str:
     if kind is MODELS:
         return Config.from_dict(row).label()
-    return " ".join(str(row.get(f)) for f in kind.key)
+    return " ".join(str(row.get(f)) for f in kind.key[:-1])  # the device is added where runs span several
 
 
 def _project(table: Table, ignore: Sequence[str]) -> dict[tuple[str, ...], tuple[str, ...]]:
@@ -404,12 +411,16 @@ def compare_runs(base: Run, new: Run, opts: Options | None = None) -> Comparison
                     unmatched += [{"kind": kind.name, "side": side, "config": _label(kind, r)} for r in t.rows.values()]
             continue
         pb, pn = _project(tb, opts.match_ignore), _project(tn, opts.match_ignore)
+        devices = {k[-1] for k in (*tb.rows, *tn.rows)}
         for pk, kb in pb.items():
             if pk not in pn:
                 unmatched.append({"kind": kind.name, "side": "base", "config": _label(kind, tb.rows[kb])})
                 continue
             kn = pn[pk]
-            rows.append(_compare_pair(kind, tb.rows[kb], tn.rows[kn], tb.samples.get(kb), tn.samples.get(kn), opts))
+            pair = _compare_pair(kind, tb.rows[kb], tn.rows[kn], tb.samples.get(kb), tn.samples.get(kn), opts)
+            if len(devices) > 1 and "device_name" not in opts.match_ignore:
+                pair["config"] += f" @ {kn[-1]}"  # several GPU types: say which one each row is about
+            rows.append(pair)
         unmatched += [{"kind": kind.name, "side": "new", "config": _label(kind, tn.rows[kn])}
                       for pk, kn in pn.items() if pk not in pb]
     return Comparison(base, new, opts, rows, unmatched, env_diff(base.env, new.env))

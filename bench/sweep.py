@@ -139,7 +139,8 @@ def record_row(out: Path, writer: RowWriter, cfg: Config, row: dict[str, Any], s
     """Append one finished config: its row to ``results.csv`` and its raw samples to ``samples.jsonl``."""
     writer.append(row)
     if samples:
-        append_jsonl(out / "samples.jsonl", {"key": list(cfg.key()), **cfg.as_dict(), "samples_ms": samples})
+        append_jsonl(out / "samples.jsonl", {"key": list(cfg.key()), **cfg.as_dict(),
+                                             "device_name": row.get("device_name"), "samples_ms": samples})
 
 
 def _write_sweep_def(out: Path, configs: Sequence[Config], env: dict[str, Any], shard: str | None = None) -> None:

@@ -12,7 +12,7 @@ import pytest
 from bench.cli import main as cli_main
 from bench.compare import Options, compare_runs, load_run, render_markdown
 from bench.config import Config
-from bench.io import RowWriter, append_jsonl
+from bench.io import BadInputError, RowWriter, append_jsonl
 from bench.runner import RESULT_COLUMNS
 from bench.stats import _boot_medians, bootstrap_ratio_ci, compare_samples, mann_whitney_p
 
@@ -327,10 +327,43 @@ def test_two_real_cpu_runs_of_the_same_config_compare_cleanly(tmp_path: Path) ->
         rows = run_sweep([cfg], tmp_path / name, opts, progress=False)
         assert rows[0]["status"] == "ok", rows[0].get("error")
     base, new = load_run(tmp_path / "a"), load_run(tmp_path / "b")
-    assert len(base.tables["models"].samples[cfg.key()]) >= 5
+    (key,) = base.tables["models"].samples  # one config, keyed by its config key + device name
+    assert key[:-1] == cfg.key() and len(base.tables["models"].samples[key]) >= 5
     c = compare_runs(base, new)
     assert len(c.rows) == 1 and not c.unmatched
     r = c.rows[0]
     assert r["method"] == "bootstrap+mann-whitney" and r["ci_low"] <= r["ratio"] <= r["ci_high"]
     assert r["verdict"] in ("unchanged", "slower", "faster") and 0 <= r["p_value"] <= 1
     assert not [d for d in c.env_diff if d["field"] in ("threads", "torch", "device")]
+
+
+def test_runs_spanning_several_gpu_types_compare_device_by_device(tmp_path: Path) -> None:
+    """A heterogeneous run (Ray cluster, merged shards) has one row per config and device; compare pairs rows of
+    the same device, labels them, and lists a config whose device changed as unmatched (unless told to ignore it)."""
+    from bench.runner import RESULT_COLUMNS
+
+    def write(d: Path, rows: list[tuple[str, str, float]]) -> Path:
+        d.mkdir()
+        lines = [",".join(RESULT_COLUMNS)]
+        for model, device, p50 in rows:
+            r = dict.fromkeys(RESULT_COLUMNS, "")
+            r.update(model=model, backend="eager", mode="infer", device="cuda", dtype="bf16", batch_size="8",
+                     channels_last="False", input_size="0", status="ok", latency_ms_p50=str(p50),
+                     latency_ms_p20=str(p50 * 0.99), latency_ms_p80=str(p50 * 1.01), device_name=device)
+            lines.append(",".join(r[c] for c in RESULT_COLUMNS))
+        (d / "results.csv").write_text("\n".join(lines) + "\n")
+        return d
+
+    a = write(tmp_path / "a", [("resnet50", "NVIDIA H100", 10.0), ("resnet50", "NVIDIA A100", 20.0),
+                               ("swin_t", "NVIDIA A100", 30.0)])
+    b = write(tmp_path / "b", [("resnet50", "NVIDIA H100", 10.0), ("resnet50", "NVIDIA A100", 30.0),
+                               ("swin_t", "NVIDIA H100", 15.0)])
+    c = compare_runs(load_run(a), load_run(b))
+    by = {r["config"]: r for r in c.rows}
+    assert by["resnet50 eager infer cuda bf16 b8 @ NVIDIA H100"]["verdict"] == "unchanged"
+    assert by["resnet50 eager infer cuda bf16 b8 @ NVIDIA A100"]["verdict"] == "slower"
+    assert {(u["side"], u["config"]) for u in c.unmatched} == {("base", "swin_t eager infer cuda bf16 b8"),
+                                                             ("new", "swin_t eager infer cuda bf16 b8")}
+    # Pairing across devices is explicit; with duplicates per config it is refused as ambiguous.
+    with pytest.raises(BadInputError, match="cannot pair"):
+        compare_runs(load_run(a), load_run(b), Options(match_ignore=("device_name",)))
