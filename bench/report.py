@@ -97,7 +97,7 @@ def write_report(out_dir: str | Path) -> Path:
     if (d / "results.csv").exists():
         df = read_results(d / "results.csv", required=["model", "backend", "mode", "dtype", "status"],
                           numeric=NUMERIC_COLUMNS, strict=False)
-    sections += _optional_sections(d, df)
+    sections += _optional_sections(d)
     if df is None:
         if not sections:
             raise BadInputError(f"{d}: no results.csv or kernels.csv to report on")
@@ -108,28 +108,12 @@ def write_report(out_dir: str | Path) -> Path:
     return path
 
 
-def _optional_sections(d: Path, df: pd.DataFrame | None) -> list[str]:
-    """Kernel-bench tables and plots, from the modules that own them (absent modules add nothing)."""
-    sections = []
-    try:
-        from .kernelbench.report import kernels_section
-    except ImportError:
-        kernels_section = None
-    if kernels_section is not None:
-        s = kernels_section(d)
-        if s:
-            sections.append(s)
-    try:
-        from .plots import plots_section
-    except ImportError:
-        plots_section = None
-    if plots_section is not None:
-        s = plots_section(d)
-        if s:
-            sections.append(s)
-    from .profile import profile_section  # top operators of `run --profile` traces (None when not profiled)
+def _optional_sections(d: Path) -> list[str]:
+    """Kernel-bench tables, plots and profiler top-ops, from the modules that own them (each returns None when the
+    run has nothing for it)."""
+    from .kernelbench.report import kernels_section
+    from .plots import plots_section
+    from .profile import profile_section
 
-    s = profile_section(d)
-    if s:
-        sections.append(s)
-    return sections
+    sections = (section(d) for section in (kernels_section, plots_section, profile_section))
+    return [s for s in sections if s]
