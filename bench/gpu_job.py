@@ -24,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 __all__ = ["main", "model_configs"]
 
 COMPILE_MODELS = ("resnet50", "efficientnet_b0", "vit_b_16", "swin_t")
@@ -64,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list configs, check imports, measure nothing")
     args = p.parse_args(argv)
     t_start = time.monotonic()
+    try:  # nox's bench-gpu runs in whatever interpreter is current: say plainly if it has no torch
+        import torch
+    except ImportError:
+        print(f"bench-gpu needs PyTorch in the current interpreter ({sys.executable}), and torch is not importable.",
+              file=sys.stderr)
+        return 1
     configs = model_configs()
     if args.dry_run:
         from bench.dryrun import dry_run
