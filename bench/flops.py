@@ -28,7 +28,7 @@ import torch.nn as nn
 from torch.utils import flop_counter as _fc
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["FlopCount", "count_flops", "count_model_flops"]
+__all__ = ["FlopCount", "count_flops", "count_model_flops", "count_step_flops"]
 
 _aten = torch.ops.aten
 
@@ -176,12 +176,29 @@ def count_flops(fn: Callable[..., Any], *args: Any, backward: bool = False, fvco
     return FlopCount(flops, macs, unsupported, notes)
 
 
-def count_model_flops(model: nn.Module, inputs: tuple[Any, ...], fvcore: bool = True) -> FlopCount:
+def count_model_flops(model: nn.Module, inputs: tuple[Any, ...], fvcore: bool = True,
+                      torch_counter: bool = True) -> FlopCount:
     """Forward FLOPs of ``model(*inputs)`` in eval mode without autograd."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return count_flops(model, *inputs, fvcore=fvcore)
+            return count_flops(model, *inputs, fvcore=fvcore, torch_counter=torch_counter)
     finally:
         model.train(was_training)
+
+
+def count_step_flops(step: Callable[[], Any], model: nn.Module, inputs: tuple[Any, ...], *,
+                     backward: bool = False) -> FlopCount:
+    """What a benchmark step costs: the torch counter over ``step()`` (without autograd, or forward + ``.backward()``
+    of its scalar result), and fvcore's MACs of the forward ``model(*inputs)`` in eval mode (fvcore cannot see a
+    backward). ``step`` may call the model through any wrapper (detection targets, losses); ``inputs`` feed fvcore."""
+    if backward:
+        torch_fc = count_flops(step, backward=True, fvcore=False)
+        model.zero_grad(set_to_none=True)  # the counted backward must not leave gradients behind
+    else:
+        with torch.no_grad():
+            torch_fc = count_flops(step, fvcore=False)
+    fv = count_model_flops(model, inputs, torch_counter=False)
+    notes = fv.notes + (["gmacs: fvcore, forward pass only"] if backward else [])
+    return FlopCount(torch_fc.flops, fv.macs, torch_fc.unsupported + fv.unsupported, notes)

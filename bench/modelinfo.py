@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 __all__ = ["model_info", "model_table"]
 
 
 def model_info(name: str, count: bool = True) -> dict[str, Any]:
     import models
 
-    from .flops import count_flops
+    from .flops import count_step_flops
 
     spec = models.get_spec(name)
     model = spec.builder().eval()
@@ -23,12 +21,10 @@ def model_info(name: str, count: bool = True) -> dict[str, Any]:
     }
     if count:
         batch = spec.make_batch(1)
-        with torch.no_grad():
-            torch_fc = count_flops(lambda: spec.forward(model, batch), fvcore=False)
-            fv = count_flops(model, *batch.inputs, torch_counter=False)
-        info["gflops"] = torch_fc.flops / 1e9
-        info["gmacs"] = fv.macs / 1e9 if fv.macs is not None else None
-        info["flops_counter_warnings"] = "; ".join(torch_fc.unsupported + fv.unsupported + fv.notes)
+        fc = count_step_flops(lambda: spec.forward(model, batch), model, batch.inputs)
+        info["gflops"] = fc.flops / 1e9
+        info["gmacs"] = fc.macs / 1e9 if fc.macs is not None else None
+        info["flops_counter_warnings"] = fc.warnings
     return info
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .config import DTYPES, Config
-from .flops import count_flops
+from .flops import count_step_flops
 from .memory import measure_peak_memory
 from .timing import time_fn
 
@@ -190,26 +190,10 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
 
 def _count(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
     """FLOPs per sample on the eager fp32 model (same math as every backend; Triton kernels are opaque to counters)."""
-    model, batch = facts["_model"], facts["_batch"]
-    if cfg.mode == "infer":
-        with torch.no_grad():
-            torch_fc = count_flops(facts["_eager_step"], fvcore=False)
-    else:
-        torch_fc = count_flops(facts["_eager_step"], backward=True, fvcore=False)
-        model.zero_grad(set_to_none=True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            fv = count_flops(model, *batch.inputs, fvcore=True, torch_counter=False)
-    finally:
-        model.train(was_training)
-    notes = torch_fc.unsupported + fv.unsupported + fv.notes
-    if cfg.mode == "train":
-        notes.append("gmacs: fvcore, forward pass only")
+    fc = count_step_flops(facts["_eager_step"], facts["_model"], facts["_batch"].inputs, backward=cfg.mode == "train")
     bs = cfg.batch_size
-    return {"gflops": torch_fc.flops / bs / 1e9, "gmacs": fv.macs / bs / 1e9 if fv.macs is not None else None,
-            "flops_counter_warnings": "; ".join(notes)}
+    return {"gflops": fc.flops / bs / 1e9, "gmacs": fc.macs / bs / 1e9 if fc.macs is not None else None,
+            "flops_counter_warnings": fc.warnings}
 
 
 def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple, dict[str, Any]] | None = None
