@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .report import fmt_num
+
 __all__ = ["SweepProgress", "summary_table", "console"]
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -42,24 +44,17 @@ class SweepProgress:
         self.progress.advance(self.task)
 
 
-def _fmt(v: Any, spec: str) -> str:
-    try:
-        return format(float(v), spec)
-    except (TypeError, ValueError):
-        return "—"
-
-
 def summary_table(rows: Sequence[dict[str, Any]], title: str = "visionbench results") -> Table:
     t = Table(title=title)
     for col in ("model", "backend", "mode", "device", "dtype", "batch", "p50 ms [p20–p80]", "items/s", "TFLOP/s",
                 "peak MB", "status"):
         t.add_column(col, justify="right" if col not in ("model", "backend", "mode", "device", "status") else "left")
     for r in rows:
-        lat = (f"{_fmt(r.get('latency_ms_p50'), '.2f')} [{_fmt(r.get('latency_ms_p20'), '.2f')}–"
-               f"{_fmt(r.get('latency_ms_p80'), '.2f')}]") if r.get("status") == "ok" else "—"
+        lat = (f"{fmt_num(r.get('latency_ms_p50'), '.2f')} [{fmt_num(r.get('latency_ms_p20'), '.2f')}–"
+               f"{fmt_num(r.get('latency_ms_p80'), '.2f')}]") if r.get("status") == "ok" else "—"
         status = r.get("status", "")
         t.add_row(str(r.get("model")), str(r.get("backend")), str(r.get("mode")), str(r.get("device")),
-                  str(r.get("dtype")), str(r.get("batch_size")), lat, _fmt(r.get("throughput_per_s"), ".1f"),
-                  _fmt(r.get("tflops_per_s"), ".3f"), _fmt(r.get("peak_mem_mb"), ".0f"),
+                  str(r.get("dtype")), str(r.get("batch_size")), lat, fmt_num(r.get("throughput_per_s"), ".1f"),
+                  fmt_num(r.get("tflops_per_s"), ".3f"), fmt_num(r.get("peak_mem_mb"), ".0f"),
                   status if status == "ok" else f"[red]{status}[/]")
     return t

@@ -10,20 +10,20 @@ import pandas as pd
 
 from .io import BadInputError, read_results
 
-__all__ = ["write_report", "render_report", "NUMERIC_COLUMNS"]
+__all__ = ["write_report", "render_report", "NUMERIC_COLUMNS", "fmt_num"]
 
 NUMERIC_COLUMNS = ["batch_size", "input_size", "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean",
                    "latency_ms_std", "n_samples", "compile_ms", "throughput_per_s", "gflops", "gmacs", "tflops_per_s",
                    "params", "peak_mem_mb"]
 
 
-def _num(v: Any, spec: str) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "—"
+def fmt_num(v: Any, spec: str) -> str:
+    """``v`` formatted with ``spec``; "—" for a missing, NaN or non-numeric cell (a failed config, never a 0)."""
     try:
-        return format(float(v), spec)
+        f = float(v)
     except (TypeError, ValueError):
         return "—"
+    return "—" if f != f else format(f, spec)
 
 
 def _env_summary(env: dict[str, Any]) -> str:
@@ -62,15 +62,15 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
         g = g.sort_values(["mode", "device", "batch_size", "dtype", "backend"])
         for r in g.to_dict("records"):
             ok = r.get("status") == "ok"
-            lat = (f"{_num(r['latency_ms_p50'], '.2f')} [{_num(r['latency_ms_p20'], '.2f')}–"
-                   f"{_num(r['latency_ms_p80'], '.2f')}]") if ok else "—"
+            lat = (f"{fmt_num(r['latency_ms_p50'], '.2f')} [{fmt_num(r['latency_ms_p20'], '.2f')}–"
+                   f"{fmt_num(r['latency_ms_p80'], '.2f')}]") if ok else "—"
             noisy = " (noisy)" if str(r.get("noisy")).lower() == "true" else ""
             backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
             status = r.get("status") if ok else f"**{r.get('status')}**: {str(r.get('error') or '')[:80]}"
             out.append(f"| {r['mode']} | {r['device']} | {r['dtype']} | {backend} | {int(r['batch_size'])} "
-                       f"| {lat}{noisy} | {_num(r.get('throughput_per_s'), '.1f')} | "
-                       f"{_num(r.get('tflops_per_s'), '.3f')} | "
-                       f"{_num(r.get('peak_mem_mb'), '.0f')} | {_num(r.get('n_samples'), '.0f')} | {status} |")
+                       f"| {lat}{noisy} | {fmt_num(r.get('throughput_per_s'), '.1f')} | "
+                       f"{fmt_num(r.get('tflops_per_s'), '.3f')} | "
+                       f"{fmt_num(r.get('peak_mem_mb'), '.0f')} | {fmt_num(r.get('n_samples'), '.0f')} | {status} |")
         out.append("")
     for section in extra_sections or []:
         out += [section, ""]

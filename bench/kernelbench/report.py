@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from bench.io import read_results
+from bench.report import fmt_num
 
 __all__ = ["kernels_markdown", "kernels_section", "CHECK_NUMERIC", "BENCH_NUMERIC"]
 
@@ -16,16 +16,6 @@ CHECK_NUMERIC = ["max_abs_err", "rel_fro_err", "eager_max_abs_err", "eager_rel_f
 BENCH_NUMERIC = ["p50_us", "p20_us", "p80_us", "warm_p50_us", "n_samples", "compile_ms", "launches", "flops", "bytes",
                  "tflops", "gbps", "pct_peak_bw", "pct_peak_flops", "floor_us", "speedup_vs_eager",
                  "speedup_vs_compile", "speedup_vs_best_peer", "peak_gbps", "peak_tflops", "copy_gbps"]
-
-
-def _num(v: Any, spec: str) -> str:
-    if v is None:
-        return "—"
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if f != f else format(f, spec)
 
 
 def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
@@ -47,8 +37,8 @@ def _check_part(df: pd.DataFrame) -> list[str]:
         margin = pd.concat([g["max_abs_err"] / g["tol_max_abs"], g["rel_fro_err"] / g["tol_rel_fro"]], axis=1)
         ratio = margin.min(axis=1).max() if len(g) else None
         rows.append([k, dt, d, str(len(g)), str(st.get("pass", 0)), str(st.get("fail", 0)), str(st.get("error", 0)),
-                     str(st.get("unsupported", 0)), _num(g["max_abs_err"].max(), ".3g"),
-                     _num(g["rel_fro_err"].max(), ".3g"), _num(ratio, ".2f")])
+                     str(st.get("unsupported", 0)), fmt_num(g["max_abs_err"].max(), ".3g"),
+                     fmt_num(g["rel_fro_err"].max(), ".3g"), fmt_num(ratio, ".2f")])
     out += _table(["kernel", "dtype", "direction", "rows", "pass", "fail", "error", "unsupported", "worst max_abs",
                    "worst rel_fro", "worst error / bound (≤ 1)"], rows, "lllrrrrrrrr")
     bad = df[df["status"].isin(["fail", "error"])]
@@ -74,14 +64,14 @@ def _bench_part(df: pd.DataFrame) -> list[str]:
         t = by.get("triton", {})
         ok = {p for p, r in by.items() if r.get("status") == "ok"}.__contains__
         peer = t.get("best_peer") if isinstance(t.get("best_peer"), str) else None
-        peer_cell = f"{peer} {_num(by[peer]['p50_us'], '.1f')}" if peer and peer in by else "—"
-        rows.append([*key, _num(t.get("p50_us"), ".1f") if ok("triton") else f"**{t.get('status', '—')}**",
-                     _num(t.get("warm_p50_us"), ".1f"),
-                     _num(by["eager"]["p50_us"], ".1f") if ok("eager") else "—",
-                     _num(by["compile"]["p50_us"], ".1f") if ok("compile") else "—", peer_cell,
-                     _num(t.get("speedup_vs_eager"), ".2f"), _num(t.get("speedup_vs_best_peer"), ".2f"),
-                     _num(t.get("gbps"), ".0f"), _num(t.get("pct_peak_bw"), ".1f"), _num(t.get("tflops"), ".2f"),
-                     _num(t.get("floor_us"), ".1f")])
+        peer_cell = f"{peer} {fmt_num(by[peer]['p50_us'], '.1f')}" if peer and peer in by else "—"
+        rows.append([*key, fmt_num(t.get("p50_us"), ".1f") if ok("triton") else f"**{t.get('status', '—')}**",
+                     fmt_num(t.get("warm_p50_us"), ".1f"),
+                     fmt_num(by["eager"]["p50_us"], ".1f") if ok("eager") else "—",
+                     fmt_num(by["compile"]["p50_us"], ".1f") if ok("compile") else "—", peer_cell,
+                     fmt_num(t.get("speedup_vs_eager"), ".2f"), fmt_num(t.get("speedup_vs_best_peer"), ".2f"),
+                     fmt_num(t.get("gbps"), ".0f"), fmt_num(t.get("pct_peak_bw"), ".1f"),
+                     fmt_num(t.get("tflops"), ".2f"), fmt_num(t.get("floor_us"), ".1f")])
     out += _table(["kernel", "shape", "dtype", "dir", "triton µs", "warm µs", "eager µs", "compile µs",
                    "best peer µs", "× eager", "× peer", "GB/s", "% peak BW", "TFLOP/s", "floor µs"], rows,
                   "llllrrrrrrrrrrr")
