@@ -6,6 +6,7 @@ the test suite's ``conftest.py`` and the nox ``tests`` session set it.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -30,18 +31,69 @@ def interpret_enabled() -> bool:
 def dispatch_path(device: torch.device | str) -> str:
     """The path a kernel takes for tensors on ``device``.
 
-    * ``"triton"``: a CUDA device with Triton installed (and the interpreter off).
+    * ``"triton"``: a CUDA device with Triton installed (and the interpreter off); also CPU tensors inside
+      :class:`emulate_gpu`, where launches are recorded, not run.
     * ``"triton-interpret"``: the CPU with ``TRITON_INTERPRET=1``; the Triton kernel runs in the interpreter.
     * ``"reference"``: everything else; the pure-PyTorch reference runs.
     """
     dev = torch.device(device)
     if not HAS_TRITON:
         return "reference"
-    if dev.type == "cuda" and not interpret_enabled():
+    if (dev.type == "cuda" or (dev.type == "cpu" and _EMULATED_SMS)) and not interpret_enabled():
         return "triton"
     if dev.type == "cpu" and interpret_enabled():
         return "triton-interpret"
     return "reference"
+
+
+# --- GPU emulation for the ahead-of-time compile check ------------------------------------------------------------
+# Launchers pick tile sizes, split counts and interpreter workarounds from the device. `bench kernels --compile`
+# records the launches a CUDA run would make without a GPU: inside `emulate_gpu(sm_count)` CPU tensors get the
+# GPU's choices (`gpu_launch`, `sm_count`, no `interpreted` workarounds) while the JIT's `run` is patched to record
+# instead of launching. Nothing is computed there; outputs hold garbage.
+
+_EMULATED_SMS: list[int] = []
+
+
+class emulate_gpu:  # noqa: N801 - a context manager that reads like a function
+    """Launchers treat CPU tensors as CUDA tensors of a GPU with ``sm_count`` SMs (needs the interpreter off)."""
+
+    def __init__(self, sm_count: int = 132) -> None:
+        self.sm_count = int(sm_count)
+
+    def __enter__(self) -> emulate_gpu:
+        if interpret_enabled():
+            raise RuntimeError("emulate_gpu needs TRITON_INTERPRET unset: the interpreter replaces the JIT")
+        _EMULATED_SMS.append(self.sm_count)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _EMULATED_SMS.pop()
+
+
+def gpu_launch(device: torch.device | str) -> bool:
+    """Whether a launcher should choose GPU launch parameters for tensors on ``device``."""
+    dev = torch.device(device)
+    return dev.type == "cuda" or (dev.type == "cpu" and bool(_EMULATED_SMS))
+
+
+def interpreted(device: torch.device | str) -> bool:
+    """Whether kernels on ``device`` run in Triton's CPU interpreter (and need its numerics workarounds)."""
+    return torch.device(device).type == "cpu" and interpret_enabled() and not _EMULATED_SMS
+
+
+@functools.cache
+def _cuda_sm_count(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index if index is not None else torch.cuda.current_device()
+                                            ).multi_processor_count
+
+
+def sm_count(device: torch.device | str) -> int:
+    """Streaming multiprocessors of ``device`` (the emulated count under :class:`emulate_gpu`; 1 on the CPU)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return _cuda_sm_count(dev.index)
+    return _EMULATED_SMS[-1] if _EMULATED_SMS else 1
 
 
 def uses_triton(device: torch.device | str) -> bool:

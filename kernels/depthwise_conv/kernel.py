@@ -39,11 +39,9 @@ fewer than 2**31 elements.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from .._triton import HAS_TRITON, empty_output, tl, triton
+from .._triton import HAS_TRITON, empty_output, gpu_launch, interpreted, sm_count, tl, triton
 from .reference import ConvGeometry, is_channels_last
 
 __all__ = [
@@ -63,13 +61,6 @@ def _next_pow2(v: int) -> int:
 def _num_warps(elements: int) -> int:
     # ~8 elements per thread: with KW taps in flight per row of the kernel that stays under ~100 registers.
     return max(1, min(8, elements // 256))
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
 
 
 if HAS_TRITON:
@@ -327,7 +318,7 @@ def _check_size(*tensors: torch.Tensor) -> None:
 def _planar_blocks(planes: int, ho: int, wo: int, device: torch.device, target: int = 1024) -> tuple[int, int, int]:
     """``(planes, BLOCK_H, BLOCK_W)`` per program for the NCHW kernels: about ``target`` outputs on the GPU (rows of
     up to 128 contiguous outputs; several planes only when a plane is smaller than that)."""
-    if device.type == "cuda":
+    if gpu_launch(device):
         bw = min(128, max(8, _next_pow2(wo)))
         bh = min(_next_pow2(ho), max(1, target // bw))
         bc = min(_next_pow2(planes), max(1, target // (bh * bw)))
@@ -341,7 +332,7 @@ def _planar_blocks(planes: int, ho: int, wo: int, device: torch.device, target: 
 
 def _cl_blocks(c: int, pixels: int, device: torch.device) -> tuple[int, int]:
     """``(BLOCK_P, BLOCK_C)`` for the channels_last forward/input-gradient kernel."""
-    if device.type == "cuda":
+    if gpu_launch(device):
         # 64 channels = 128 B of bf16 per pixel: full sectors; 32 pixels -> 2K elements per program (8 warps).
         bc = min(64, max(8, _next_pow2(c)))
         bp = min(max(16, _next_pow2(pixels)), max(16, 2048 // bc))
@@ -355,7 +346,7 @@ def _cl_wgrad_blocks(c: int, pixels: int, kk: int, device: torch.device) -> tupl
     """Channels-last weight-gradient tile ``(BLOCK_P, BLOCK_C)``. Each tap costs a ``[BLOCK_P, BLOCK_C]`` FMA plus a
     ``[next_pow2(kk+1), BLOCK_C]`` accumulator update, so on the GPU ``BLOCK_P >= 4 * next_pow2(kk+1)`` keeps the
     update under ~25% of the work (50% for 7x7, where the tile is capped at 4096 elements for registers)."""
-    if device.type != "cuda":
+    if not gpu_launch(device):
         return _cl_blocks(c, pixels, device)
     bc = min(32, max(8, _next_pow2(c)))
     bp = min(max(64, 4 * _next_pow2(kk + 1)), 4096 // bc)
@@ -368,7 +359,7 @@ def _acc_f64(x: torch.Tensor) -> bool:
 
 def _rtne_bf16_needed(out: torch.Tensor) -> bool:
     """bf16 output written by the CPU interpreter (see ``_rtne_bf16``); the GPU's own cast already rounds."""
-    return out.dtype == torch.bfloat16 and out.device.type == "cpu"
+    return out.dtype == torch.bfloat16 and interpreted(out.device)
 
 
 def _launch_conv(src: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
@@ -429,7 +420,7 @@ CPU_SPLIT = 1
 
 def _split(work_items: int, programs_per_split: int, device: torch.device) -> int:
     """How many programs share one reduction: enough to fill the GPU (~4 programs per SM), at most one per item."""
-    target = 4 * _sm_count(device) if device.type == "cuda" else CPU_SPLIT * programs_per_split
+    target = 4 * sm_count(device) if gpu_launch(device) else CPU_SPLIT * programs_per_split
     return max(1, min(work_items, -(-target // max(1, programs_per_split))))
 
 
@@ -466,7 +457,7 @@ def conv_backward_weight(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
         _dw_wgrad_planar_kernel[(c_blocks, split)](x, dy, part, n, c, h, w, ho, wo, split, *x.stride(),
                                                    *dy.stride(), BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
                                                    num_warps=_num_warps(bc * bh * bw), **common)
-    block = 1024 if x.device.type == "cuda" else _next_pow2(min(c * (kk + 1), 8192))
+    block = 1024 if gpu_launch(x.device) else _next_pow2(min(c * (kk + 1), 8192))
     _dw_wgrad_reduce_kernel[(triton.cdiv(c * (kk + 1), block),)](
         part, gw, gb if gb is not None else gw, c, split, KK=kk, HAS_BIAS=has_bias, ACC_F64=_acc_f64(x),
         RTNE_BF16=_rtne_bf16_needed(gw), BLOCK=block, num_warps=4,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels._triton import HAS_TRITON, empty_output, interpret_enabled, triton
+from kernels._triton import HAS_TRITON, empty_output, interpreted, triton
 from kernels._triton import tl as tl
 
 __all__ = ["roi_align_forward", "roi_align_backward", "LevelTable", "launch_config", "single_input"]
@@ -381,7 +381,7 @@ def launch_config(kind: str, C: int, OH: int, OW: int, interpreter: bool) -> dic
 
 
 def _interpreted(device: torch.device, interpreter: bool | None) -> bool:
-    return (interpret_enabled() and device.type == "cpu") if interpreter is None else interpreter
+    return interpreted(device) if interpreter is None else interpreter
 
 
 def _acc_type(dtype: torch.dtype):
@@ -511,7 +511,7 @@ def roi_align_forward(
         out, N, C, 0 if multi else H, 0 if multi else W, hi, lo, int(sampling_ratio),
         NUM_LEVELS=len(x.features) if multi else 1, OH=OH, OW=OW, ALIGNED=bool(aligned), MULTI_LEVEL=multi,
         CHANNELS_LAST=cl, ACC=_acc_type(x0.dtype), BASE_ALIGN=x.base_align if multi else 1,
-        INTERPRET=interpret_enabled() and x0.device.type == "cpu", **cfg,
+        INTERPRET=interpreted(x0.device), **cfg,
     )
     return out
 
