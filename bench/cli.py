@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="regenerate DIR/report.md from DIR/results.csv")
     rep.add_argument("dir")
 
-    k = sub.add_parser("kernels", help="kernel numerics (--check) and microbenchmarks (--bench)")
+    k = sub.add_parser("kernels", help="kernel numerics (--check), microbenchmarks (--bench), AOT compile (--compile)")
     try:
         from .kernelbench.cli import add_arguments as add_kernel_args
     except ImportError:

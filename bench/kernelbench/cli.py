@@ -2,12 +2,15 @@
 
     TRITON_INTERPRET=1 python -m bench kernels --check                 # CI: every kernel's small shapes on the CPU
     python -m bench kernels --bench --kernels window_attention --dtypes bf16 --out results/h100   # on a GPU
+    python -m bench kernels --compile --arch sm_90 --out results/sm90-compile    # no GPU needed, interpreter off
 
-Exit codes: 0 all good; 1 ``--check`` found a failing/erroring row, or ``--bench`` could not time the Triton provider
-somewhere (oom/error/compile_error; peers and eager failing do not count); 2 bad input, checked before anything runs:
+Exit codes: 0 all good; 1 ``--check`` found a failing/erroring row, ``--bench`` could not time the Triton provider
+somewhere (oom/error/compile_error; peers and eager failing do not count), or ``--compile`` found a kernel variant
+that does not compile or would not launch on the architecture; 2 bad input, checked before anything runs:
 an unknown kernel, shape, dtype, direction or provider (one line naming the valid choices), no ``--check``/``--bench``,
 ``--bench`` without a CUDA device (we chose 2: the request cannot be served on this machine, which is a usage error,
-not a measurement that failed), or ``--check`` where Triton cannot run (CPU without ``TRITON_INTERPRET=1``).
+not a measurement that failed), ``--check`` where Triton cannot run (CPU without ``TRITON_INTERPRET=1``), or
+``--compile`` with ``TRITON_INTERPRET=1`` (it drives Triton's JIT, which the interpreter replaces).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ __all__ = ["add_arguments", "main", "run"]
 
 CHECK_CSV = "kernels_check.csv"
 BENCH_CSV = "kernels.csv"
+COMPILE_CSV = "kernels_compile.csv"
+SAMPLES_JSONL = "kernels_samples.jsonl"
 DEFAULT_CHECK_DTYPES = ("fp32", "fp16", "bf16", "fp64")
 DEFAULT_BENCH_DTYPES = ("bf16", "fp16", "fp32")
 NEEDS_CUDA = ("--bench needs a CUDA device and none is available here (torch.cuda.is_available() is False); "
@@ -50,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``kernels`` subcommand's flags (the lead's ``bench/cli.py`` calls this on its sub-parser)."""
     p.add_argument("--check", action="store_true", help="numerics against float64 and eager (pass/fail, exit 1)")
     p.add_argument("--bench", action="store_true", help="GPU latency, TFLOP/s, GB/s, %% of peak, speedups")
+    p.add_argument("--compile", action="store_true",
+                   help="compile every kernel variant a CUDA run would launch for --arch, without a GPU: registers, "
+                        "spills, shared memory, occupancy (exit 1 if one does not compile or would not launch)")
+    p.add_argument("--arch", default="sm_90", help="--compile target: sm_80 sm_89 sm_90 (default sm_90)")
     p.add_argument("--kernels", nargs="+", metavar="NAME", help="default: every registered kernel")
     p.add_argument("--shapes", nargs="+", metavar="NAME", help="named shapes (default: all of the chosen set)")
     p.add_argument("--dtypes", nargs="+", metavar="DTYPE",
@@ -82,8 +91,17 @@ class _Plan:
 
         self.check = bool(getattr(args, "check", False))
         self.bench = bool(getattr(args, "bench", False))
-        if not (self.check or self.bench):
-            raise BadInputError("choose what to run: --check (numerics) and/or --bench (GPU timing)")
+        self.compile = bool(getattr(args, "compile", False))
+        if not (self.check or self.bench or self.compile):
+            raise BadInputError("choose what to run: --check (numerics) and/or --bench (GPU timing), or --compile")
+        if self.compile and (self.check or self.bench):
+            raise BadInputError("--compile runs alone: it needs TRITON_INTERPRET unset and records launches instead "
+                                "of running them")
+        from .aot import ARCHS
+
+        arch = getattr(args, "arch", None) or "sm_90"
+        validate_choice("arch", arch, list(ARCHS))
+        self.arch = ARCHS[arch]
         registered = list_kernels()
         if not registered:
             raise BadInputError("no kernels are registered (each kernels/<name>/__init__.py calls register_kernel)")
@@ -94,6 +112,8 @@ class _Plan:
 
         cuda = torch.cuda.is_available()
         self.device = getattr(args, "device", None) or ("cuda" if cuda else "cpu")
+        if self.compile:
+            self.device = "cpu"  # launches are recorded on CPU tensors that stand in for CUDA ones
         if self.device == "cuda" and not cuda:
             raise BadInputError(NEEDS_CUDA if self.bench else "--device cuda: no CUDA device is available")
         if self.bench and self.device != "cuda":
@@ -129,12 +149,20 @@ class _Plan:
                 require_triton_path(self.device)
             except TritonUnavailableError as e:
                 raise BadInputError(str(e)) from None
+        if self.compile:
+            from .aot import AotUnavailableError, require_aot
+
+            try:
+                require_aot()
+            except AotUnavailableError as e:
+                raise BadInputError(str(e)) from None
 
     def _dtypes(self, names: Sequence[str] | None) -> dict[str, list[torch.dtype]]:
         for n in names or ():
             validate_choice("dtype", n, list(DTYPES))
         pick = lambda default: [DTYPES[n] for n in dict.fromkeys(names or default)]  # noqa: E731
-        return {"check": pick(DEFAULT_CHECK_DTYPES), "bench": pick(DEFAULT_BENCH_DTYPES)}
+        return {"check": pick(DEFAULT_CHECK_DTYPES), "bench": pick(DEFAULT_BENCH_DTYPES),
+                "compile": pick(DEFAULT_CHECK_DTYPES)}
 
 
 # --- output -------------------------------------------------------------------------------------------------------
@@ -227,6 +255,20 @@ def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     return (1 if any(is_failure(r) for r in rows) else 0), rows
 
 
+def write_bench_rows(rows: Sequence[dict[str, Any]], writer: RowWriter, samples_path: Path,
+                     env: dict[str, Any]) -> None:
+    """Append a case's provider rows to ``kernels.csv`` and each timed row's raw samples to ``samples_path``
+    (keyed like the CSV row: kernel, shape, dtype, direction, provider, device name), for ``bench compare``."""
+    from bench.io import append_jsonl
+
+    for r in rows:
+        writer.append({**r, **env})
+        if r.get("status") == "ok" and r.get("samples_us"):
+            append_jsonl(samples_path, {**{k: r.get(k) for k in ("kernel", "shape", "dtype", "direction",
+                                                                  "provider")},
+                                        "device_name": env.get("device_name"), "samples_us": list(r["samples_us"])})
+
+
 def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     from .microbench import BENCH_COLUMNS, bench_case, cuda_context_ok, provider_names
     from .peaks import device_peak
@@ -251,14 +293,37 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
             case_rows = bench_case(spec, shape_name, shape, dtype, direction, provs, plan.device, peak,
                                    plan.warmup_ms, plan.rep_ms, plan.seed)
             dead = not cuda_context_ok()
-        for r in case_rows:
-            if writer is not None:
-                writer.append({**r, **env})
-            rows.append(r)
+        if writer is not None:
+            write_bench_rows(case_rows, writer, plan.out / SAMPLES_JSONL, env)
+        rows.extend(case_rows)
         sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {direction}: "
                          + ", ".join(f"{r['provider']} {r['status']}" for r in case_rows) + "\n")
     print_bench_table(rows, _console())
     bad = [r for r in rows if r["provider"] == "triton" and r["status"] not in ("ok", "unsupported")]
+    return (1 if bad else 0), rows
+
+
+def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
+    from .aot import AOT_COLUMNS, compile_case, print_compile_table, summarize
+
+    env_cols, env = _env_columns("cpu")
+    writer = RowWriter(plan.out / COMPILE_CSV, AOT_COLUMNS + env_cols) if plan.out else None
+    rows: list[dict[str, Any]] = []
+    cases = list(iter_cases(plan.specs, plan.dtypes["compile"], plan.directions, plan.shapes, plan.real_shapes))
+    for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
+        case_rows = compile_case(spec, shape_name, shape, dtype, direction, plan.arch, plan.seed)
+        for r in case_rows:
+            if writer is not None:
+                writer.append({**r, **env})
+            rows.append(r)
+        sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {dtype_name(dtype)} {direction}: "
+                         + ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in case_rows) + "\n")
+    console = _console()
+    print_compile_table(rows, plan.arch, console)
+    counts = summarize(rows)
+    console.print(" · ".join(f"{k}: {v}" for k, v in counts.items())
+                  + (f" · rows in {plan.out / COMPILE_CSV}" if plan.out else ""))
+    bad = [r for r in rows if r["status"] in ("compile_error", "too_many_resources", "error")]
     return (1 if bad else 0), rows
 
 
@@ -281,6 +346,12 @@ def main(args: argparse.Namespace) -> int:
         code = max(code, run_check(plan)[0])
     if plan.bench:
         code = max(code, run_bench(plan)[0])
+    if plan.compile:
+        code = max(code, run_compile(plan)[0])
+    if plan.out is not None:
+        from bench.report import write_report
+
+        sys.stderr.write(f"report: {write_report(plan.out)}\n")
     return code
 
 

@@ -1,4 +1,4 @@
-"""The kernel section of ``DIR/report.md``, built from ``DIR/kernels_check.csv`` and ``DIR/kernels.csv``."""
+"""The kernel section of ``DIR/report.md``: ``kernels_check.csv``, ``kernels.csv`` and ``kernels_compile.csv``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import pandas as pd
 from bench.io import read_results
 from bench.report import fmt_num
 
-__all__ = ["kernels_markdown", "kernels_section", "CHECK_NUMERIC", "BENCH_NUMERIC"]
+__all__ = ["kernels_markdown", "kernels_section", "CHECK_NUMERIC", "BENCH_NUMERIC", "COMPILE_NUMERIC"]
 
 CHECK_NUMERIC = ["max_abs_err", "rel_fro_err", "eager_max_abs_err", "eager_rel_fro_err", "tol_max_abs", "tol_rel_fro",
                  "launches", "elapsed_s"]
 BENCH_NUMERIC = ["p50_us", "p20_us", "p80_us", "warm_p50_us", "n_samples", "compile_ms", "launches", "flops", "bytes",
                  "tflops", "gbps", "pct_peak_bw", "pct_peak_flops", "floor_us", "speedup_vs_eager",
                  "speedup_vs_compile", "speedup_vs_best_peer", "peak_gbps", "peak_tflops", "copy_gbps"]
+COMPILE_NUMERIC = ["launch", "num_warps", "num_stages", "programs", "waves", "regs", "spill_store_bytes",
+                   "spill_load_bytes", "stack_bytes", "smem_bytes", "blocks_per_sm", "occupancy_pct", "compile_s"]
 
 
 def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
@@ -84,17 +86,53 @@ def _bench_part(df: pd.DataFrame) -> list[str]:
     return out
 
 
-def kernels_markdown(df_check: pd.DataFrame | None, df_bench: pd.DataFrame | None) -> str:
-    """The ``## Kernels`` section: a numerics summary and a latency/roofline table; "" when both are empty."""
-    has_check = df_check is not None and len(df_check) > 0
-    has_bench = df_bench is not None and len(df_bench) > 0
-    if not (has_check or has_bench):
+def _compile_part(df: pd.DataFrame) -> list[str]:
+    arch = ", ".join(sorted(df["arch"].dropna().astype(str).unique())) if "arch" in df else "?"
+    tv = ", ".join(sorted(df["triton_version"].dropna().astype(str).unique())) if "triton_version" in df else "?"
+    out = ["### Ahead-of-time compile (`--compile`)", "",
+           f"Every launch a CUDA run makes, recorded on the CPU with the GPU's launch choices and compiled for {arch} "
+           f"(Triton {tv}; registers and spills from `ptxas -v`, shared memory from the compiled kernel). "
+           "Occupancy = resident warps per SM / maximum; waves = programs / (resident blocks × SMs).", ""]
+    rows = []
+    for (k, d, tk, dt), g in df.groupby(["kernel", "direction", "triton_kernel", "dtype"], sort=True):
+        st = g["status"].value_counts()
+        rows.append([k, d, tk, dt, str(len(g)), str(st.get("ok", 0)), str(len(g) - st.get("ok", 0)),
+                     f"{fmt_num(g['regs'].min(), '.0f')}–{fmt_num(g['regs'].max(), '.0f')}",
+                     fmt_num(g["spill_store_bytes"].max(), ".0f"), fmt_num(g["smem_bytes"].max() / 1024, ".1f"),
+                     fmt_num(g["occupancy_pct"].min(), ".0f"),
+                     f"{fmt_num(g['waves'].min(), '.2g')}–{fmt_num(g['waves'].max(), '.3g')}"])
+    out += _table(["kernel", "direction", "triton kernel", "dtype", "launches", "ok", "not ok", "registers",
+                   "max spill B", "max smem KB", "min occupancy %", "waves"], rows, "llllrrrrrrrr")
+    spill = df[df["spill_store_bytes"].fillna(0) > 0].sort_values("spill_store_bytes", ascending=False)
+    if len(spill):
+        out += ["", f"{len(spill)} launch(es) spill registers to local memory" + (" (worst 15)" if len(spill) > 15
+                                                                                else "") + ":", ""]
+        out += _table(["kernel", "shape", "dtype", "direction", "triton kernel", "warps", "registers", "spill B"],
+                      [[r["kernel"], r["shape"], r["dtype"], r["direction"], r["triton_kernel"],
+                        fmt_num(r["num_warps"], ".0f"), fmt_num(r["regs"], ".0f"),
+                        fmt_num(r["spill_store_bytes"], ".0f")] for r in spill.head(15).to_dict("records")],
+                      "llllllrr")
+    bad = df[df["status"] != "ok"]
+    if len(bad):
+        out += ["", f"**{len(bad)} launch(es) not ok**" + (" (first 30)" if len(bad) > 30 else "") + ":", ""]
+        out += _table(["kernel", "shape", "dtype", "direction", "triton kernel", "status", "message"],
+                      [[r["kernel"], r["shape"], r["dtype"], r["direction"], str(r.get("triton_kernel") or "—"),
+                        r["status"], str(r.get("message") or "")[:160]] for r in bad.head(30).to_dict("records")],
+                      "lllllll")
+    return out
+
+
+def kernels_markdown(df_check: pd.DataFrame | None, df_bench: pd.DataFrame | None,
+                     df_compile: pd.DataFrame | None = None) -> str:
+    """The ``## Kernels`` section: numerics, latency/roofline and compile tables; "" when all are empty."""
+    parts = [(df_check, CHECK_NUMERIC, _check_part), (df_bench, BENCH_NUMERIC, _bench_part),
+             (df_compile, COMPILE_NUMERIC, _compile_part)]
+    parts = [(df, cols, fn) for df, cols, fn in parts if df is not None and len(df) > 0]
+    if not parts:
         return ""
     out = ["## Kernels", ""]
-    if has_check:
-        out += _check_part(_numeric(df_check, CHECK_NUMERIC)) + [""]
-    if has_bench:
-        out += _bench_part(_numeric(df_bench, BENCH_NUMERIC)) + [""]
+    for df, cols, fn in parts:
+        out += fn(_numeric(df, cols)) + [""]
     return "\n".join(out)
 
 
@@ -115,4 +153,7 @@ def kernels_section(run_dir: str | Path) -> str:
         if check.exists() else None
     df_bench = read_results(bench, required=["kernel", "provider", "status"], numeric=BENCH_NUMERIC, strict=False) \
         if bench.exists() else None
-    return kernels_markdown(df_check, df_bench)
+    comp = d / "kernels_compile.csv"
+    df_compile = read_results(comp, required=["kernel", "direction", "status"], numeric=COMPILE_NUMERIC,
+                              strict=False) if comp.exists() else None
+    return kernels_markdown(df_check, df_bench, df_compile)
