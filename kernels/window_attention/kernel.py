@@ -275,6 +275,7 @@ class LaunchConfig:
     WPB: int  # windows per program
     num_warps_fwd: int
     num_warps_bwd: int
+    num_stages_bwd: int = 2
 
 
 def _next_pow2(x: int) -> int:
@@ -287,17 +288,24 @@ def launch_config(B_: int, H: int, N: int, D: int, nW: int, windows_per_program:
     or 16-row (N ≤ 256) query tiles; ``WPB`` the largest of 16, 8, 4, 2, 1 that still leaves ≥ ``min_programs``
     programs (to amortise the bias/mask tile and the bias-gradient partials without starving the SMs).
 
-    Warps were chosen from ptxas register reports of sm_90a builds (no GPU timing yet): bf16 Swin-T stage 1
-    compiles to 127 registers (forward, 4 warps) and 228 (backward, 8 warps) without spills; fp32/fp64 operands
-    (FMA dots) need 8 forward warps to avoid spilling; 32×256 tiles spilled heavily where 16×256 at 4 warps do not.
+    Warps and stages were chosen from ptxas register reports of sm_90a builds (``bench kernels --compile``; no GPU
+    timing yet): bf16 Swin-T stage 1 compiles to ~100-127 registers (forward, 4 warps) and 228 (backward, 8 warps,
+    2 stages) without spills; fp32/fp64 operands (FMA dots) need 8 forward warps to avoid spilling. Their backward
+    spilled with a pipelined (2-stage) window loop — fp32 at 8 warps: 32 registers and 6.5 KB of spill stores per
+    thread (Triton 3.8), fp64: 3 KB — so it runs unpipelined: fp32 at 16 warps (92 registers, no spills, 25%
+    occupancy), fp64 at 8 (0.4-0.6 KB spills, the least of 4/8/16 warps). 32×256 tiles spilled heavily where
+    16×256 at 4 warps do not.
     """
     block_n = max(16, _next_pow2(N))
     block_d = max(16, _next_pow2(D))
+    stages_bwd = 2
     if block_n <= 64:
         block_m = block_n
         wide = dtype in (torch.float32, torch.float64)
         warps_fwd = 8 if wide and block_n == 64 else 4
         warps_bwd = 4 if block_m * block_n <= 1024 else 8
+        if wide and block_n == 64:
+            warps_bwd, stages_bwd = (16 if dtype == torch.float32 else 8), 1
     elif block_n <= 128:
         block_m, warps_fwd, warps_bwd = 64, 8, 8
     else:
@@ -312,7 +320,8 @@ def launch_config(B_: int, H: int, N: int, D: int, nW: int, windows_per_program:
                 break
     else:
         wpb = max(1, int(windows_per_program))
-    return LaunchConfig(block_m, block_n, block_d, nqb, wpb, num_warps_fwd=warps_fwd, num_warps_bwd=warps_bwd)
+    return LaunchConfig(block_m, block_n, block_d, nqb, wpb, num_warps_fwd=warps_fwd, num_warps_bwd=warps_bwd,
+                        num_stages_bwd=stages_bwd)
 
 
 def _dot_flags(dtype: torch.dtype) -> tuple[str, object, object]:
@@ -433,7 +442,7 @@ def window_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
         scale_t = _scale_tensor(scale, q)
         common = dict(WPB=cfg.WPB, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=cfg.BLOCK_D,
                       HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACC=acc, PRECISION=precision,
-                      DOT_DT=dot_dt, num_warps=cfg.num_warps_bwd, num_stages=2)
+                      DOT_DT=dot_dt, num_warps=cfg.num_warps_bwd, num_stages=cfg.num_stages_bwd)
         strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *bs, *ms)
         grid = (nW * n_groups, H * cfg.NQB)
         _wattn_bwd_rows_kernel[grid](

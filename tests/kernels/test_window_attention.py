@@ -275,6 +275,10 @@ def test_launch_config_heuristics() -> None:
     mid = launch_config(2, 2, 100, 32, 1)
     assert (mid.BLOCK_M, mid.BLOCK_N, mid.NQB, mid.num_warps_fwd) == (64, 128, 2, 8)
     assert launch_config(8, 1, 49, 32, 1, dtype=torch.float32).num_warps_fwd == 8  # FMA dots: avoid spills
+    # Backward: FMA-dot dtypes unpipelined (the 2-stage loop spilled 6.5 KB/thread in fp32, see launch_config)
+    f32, f64, b16 = (launch_config(8, 1, 49, 32, 1, dtype=dt) for dt in (torch.float32, torch.float64, torch.bfloat16))
+    assert (f32.num_warps_bwd, f32.num_stages_bwd) == (16, 1) and (f64.num_warps_bwd, f64.num_stages_bwd) == (8, 1)
+    assert (b16.num_warps_bwd, b16.num_stages_bwd) == (8, 2)
     assert launch_config(3, 1, 10, 24, 1).BLOCK_N == 16 and launch_config(3, 1, 10, 24, 1).BLOCK_D == 32
 
 
