@@ -14,6 +14,8 @@ Timing, per provider:
 * ``p50/p20/p80_us``: ``triton.testing.do_bench(fn, warmup, rep, return_mode="all")`` — CUDA events around every
   call, the 256 MB L2-flush buffer zeroed before each call (outside the events), warm-up excluded; quantiles by
   linear interpolation (:func:`bench.timing.summarize`, the same rule ``do_bench``'s ``quantiles=`` uses).
+* ``samples_us``: the flushed samples themselves (not a CSV column: ``bench kernels --out DIR`` appends them to
+  ``DIR/kernels_samples.jsonl``, which ``bench compare`` bootstraps).
 * ``warm_p50_us``: the same loop without the flush (inputs may sit in L2; the 50 MB L2 of an H100 holds many of the
   test-sized tensors). For a few-µs kernel both figures include the launch gap between the events.
 
@@ -156,10 +158,11 @@ def _warm_l2_ms(fn: Callable[[], Any], warmup_ms: float, rep_ms: float) -> list[
 def _time(fn: Callable[[], Any], warmup_ms: float, rep_ms: float) -> dict[str, float]:
     from triton.testing import do_bench
 
-    cold = summarize([float(t) for t in do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")])
+    cold_ms = [float(t) for t in do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")]
+    cold = summarize(cold_ms)
     warm = summarize(_warm_l2_ms(fn, warmup_ms, rep_ms))
     return {"p50_us": cold["p50"] * 1e3, "p20_us": cold["p20"] * 1e3, "p80_us": cold["p80"] * 1e3,
-            "n_samples": int(cold["n"]), "warm_p50_us": warm["p50"] * 1e3}
+            "n_samples": int(cold["n"]), "warm_p50_us": warm["p50"] * 1e3, "samples_us": [t * 1e3 for t in cold_ms]}
 
 
 def _provider_fn(spec: KernelSpec, provider: str) -> Callable[..., Any]:
