@@ -6,7 +6,8 @@ BASE and NEW are run directories (``results.csv`` + ``samples.jsonl`` + ``env.js
 drops fields from the key (e.g. ``backend`` to compare an eager run with a compile run). Per matched config:
 
 * ``ratio`` = median(NEW) / median(BASE) latency (> 1: NEW is slower) with a bootstrap interval from the stored raw
-  samples and a Mann–Whitney test (:mod:`bench.stats`). *Significant* = the interval excludes 1 and p < 1 − confidence.
+  samples and a Mann–Whitney test (:mod:`bench.stats`). *Significant* = the interval excludes 1 and the test's p,
+  adjusted by Benjamini–Hochberg over every config compared with samples (``q``; ``--no-fdr``: raw p), < 1 − confidence.
   Without stored samples (a bare CSV) the fallback is: significant when the p20–p80 ranges do not overlap.
 * verdict ``slower`` / ``faster`` = significant and ``|ratio − 1| >= --threshold``; otherwise ``unchanged``.
 * status changes (ok → oom/error/timeout/crashed/unsupported is a regression), FLOP changes, peak-memory changes of at
@@ -35,7 +36,7 @@ import numpy as np
 
 from .config import KEY_FIELDS, Config
 from .io import BadInputError, read_results, row_line
-from .stats import MIN_SAMPLES, compare_samples
+from .stats import MIN_SAMPLES, benjamini_hochberg, compare_samples
 
 __all__ = ["add_arguments", "main", "compare_runs", "load_run", "render_markdown", "render_csv", "render_json",
            "Options", "Comparison", "KERNEL_KEY", "CHECK_KEY"]
@@ -233,6 +234,7 @@ class Options:
     resamples: int = 2000
     seed: int = 0
     match_ignore: tuple[str, ...] = ()
+    fdr: bool = True  # Benjamini–Hochberg over the configs tested with samples
 
 
 @dataclass
@@ -325,6 +327,7 @@ def _compare_pair(kind: _Kind, b: dict[str, Any], n: dict[str, Any], bs: np.ndar
     out: dict[str, Any] = {"kind": kind.name, "config": label, "base_status": sb, "new_status": sn,
                            "base_line": b["_line"], "new_line": n["_line"], "unit": kind.unit, "notes": [],
                            "regression": False, "ratio": None, "ci_low": None, "ci_high": None, "p_value": None,
+                           "q_value": None, "mem_growth": False,
                            "base_p50": None, "new_p50": None, "n_base": None, "n_new": None, "method": "",
                            "significant": False}
     if sb != sn:
@@ -337,12 +340,7 @@ def _compare_pair(kind: _Kind, b: dict[str, Any], n: dict[str, Any], bs: np.ndar
     else:
         seed = (opts.seed + zlib.crc32(label.encode())) % 2**32  # independent, reproducible stream per config
         out.update(_latency(kind, b, n, bs, ns, opts, seed))
-        change = out["ratio"] - 1
-        if out["significant"] and abs(change) >= opts.threshold:
-            out["verdict"] = "slower" if change > 0 else "faster"
-            out["regression"] = change > 0
-        else:
-            out["verdict"] = "unchanged"
+        _decide(out, opts)
     if kind.flops:
         fb, fn = _float(b.get(kind.flops)), _float(n.get(kind.flops))
         if fb is not None and fn is not None and abs(fn - fb) > 1e-9 * max(abs(fb), 1e-30):
@@ -351,6 +349,7 @@ def _compare_pair(kind: _Kind, b: dict[str, Any], n: dict[str, Any], bs: np.ndar
         mb, mn = _float(b.get(kind.memory)), _float(n.get(kind.memory))
         if mb and mn is not None and abs(mn / mb - 1) >= opts.mem_threshold:
             out["notes"].append(f"peak memory {mb:.0f} → {mn:.0f} MB ({_pct(mn / mb)})")
+            out["mem_growth"] = mn > mb
             out["regression"] = out["regression"] or mn > mb
     for side, r in (("base", b), ("new", n)):
         if str(r.get("noisy")).lower() == "true":
@@ -358,6 +357,29 @@ def _compare_pair(kind: _Kind, b: dict[str, Any], n: dict[str, Any], bs: np.ndar
     if out["method"] and out["method"] != "bootstrap+mann-whitney":
         out["notes"].append(out["method"])
     return out
+
+
+def _decide(out: dict[str, Any], opts: Options) -> None:
+    """Latency verdict of an ok → ok pair from its significance and the effect threshold."""
+    change = out["ratio"] - 1
+    if out["significant"] and abs(change) >= opts.threshold:
+        out["verdict"] = "slower" if change > 0 else "faster"
+        out["regression"] = change > 0 or out["mem_growth"]
+    else:
+        out["verdict"] = "unchanged"
+        out["regression"] = out["mem_growth"]
+
+
+def _adjust_fdr(rows: list[dict[str, Any]], opts: Options) -> None:
+    """Benjamini–Hochberg over the rows tested with samples: ``q_value``, and significance needs ``q`` < alpha."""
+    tested = [r for r in rows if r["p_value"] is not None and r["method"] == "bootstrap+mann-whitney"]
+    if not opts.fdr or not tested:
+        return
+    for r, q in zip(tested, benjamini_hochberg([r["p_value"] for r in tested])):
+        r["q_value"] = float(q)
+        if r["significant"] and q >= 1.0 - opts.confidence:
+            r["significant"] = False
+            _decide(r, opts)
 
 
 _ENV_FIELDS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
@@ -423,6 +445,7 @@ def compare_runs(base: Run, new: Run, opts: Options | None = None) -> Comparison
             rows.append(pair)
         unmatched += [{"kind": kind.name, "side": "new", "config": _label(kind, tn.rows[kn])}
                       for pk, kn in pn.items() if pk not in pb]
+    _adjust_fdr(rows, opts)
     return Comparison(base, new, opts, rows, unmatched, env_diff(base.env, new.env))
 
 
@@ -454,7 +477,7 @@ def _verdict_cell(r: dict[str, Any]) -> str:
 
 
 def _table(rows: list[dict[str, Any]], conf: float) -> list[str]:
-    out = [f"| config | base p50 | new p50 | change [{conf:.0%} CI] | p | verdict | notes |",
+    out = [f"| config | base p50 | new p50 | change [{conf:.0%} CI] | q (p) | verdict | notes |",
            "|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         unit = f" {r['unit']}" if r["unit"] and r["base_p50"] is not None else ""
@@ -463,7 +486,8 @@ def _table(rows: list[dict[str, Any]], conf: float) -> list[str]:
         if r["kind"] == CHECKS.name:
             base, new = r["base_status"], r["new_status"]
         notes = "; ".join(n.replace("|", "\\|") for n in r["notes"])
-        p = "—" if r["p_value"] is None else (f"{r['p_value']:.2g}" if r["p_value"] >= 1e-4 else "<1e-4")
+        pq = r["q_value"] if r.get("q_value") is not None else r["p_value"]
+        p = "—" if pq is None else (f"{pq:.2g}" if pq >= 1e-4 else "<1e-4")
         out.append(f"| {r['config']} | {base} | {new} | {_change_cell(r)} | {p} | {_verdict_cell(r)} | {notes} |")
     return out
 
@@ -514,15 +538,18 @@ def render_markdown(c: Comparison) -> str:
         out += [f"| {d['field']} | {d['base']} | {d['new']} |" for d in c.env_diff]
         out += ["", "</details>", ""]
     ignore = f" Matched ignoring {', '.join(o.match_ignore)}." if o.match_ignore else ""
+    test = ("p adjusted by Benjamini–Hochberg over the configs compared with samples (q)" if o.fdr
+            else "p (not adjusted for multiple comparisons)")
     out += [f"<sub>change = median(new)/median(base) − 1 of the per-sample latencies; {o.confidence:.0%} percentile "
             f"bootstrap interval ({o.resamples} resamples, seed {o.seed}); significant when the interval excludes 0 "
-            f"and the Mann–Whitney p < {1 - o.confidence:.2g}; slower/faster needs |change| ≥ {o.threshold:.0%}. "
+            f"and the Mann–Whitney {test} < {1 - o.confidence:.2g}; slower/faster needs |change| ≥ {o.threshold:.0%}. "
             f"Peak memory flagged at ±{o.mem_threshold:.0%}. Regressions: slower, ok → failed status, memory growth, "
             f"numerics pass → fail.{ignore}</sub>"]
     return "\n".join(out) + "\n"
 
 
-_CSV_COLUMNS = ["kind", "config", "verdict", "regression", "ratio", "ci_low", "ci_high", "p_value", "significant",
+_CSV_COLUMNS = ["kind", "config", "verdict", "regression", "ratio", "ci_low", "ci_high", "p_value", "q_value",
+                "significant",
                 "base_p50", "new_p50", "unit", "n_base", "n_new", "base_status", "new_status", "method", "notes",
                 "base_line", "new_line"]
 
@@ -564,6 +591,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="key fields to ignore when matching, e.g. backend (eager run vs compile run)")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
     p.add_argument("--out", help="write the report here instead of stdout")
+    p.add_argument("--no-fdr", dest="fdr", action="store_false",
+                   help="judge each config by its own p-value (default: Benjamini–Hochberg q over all configs)")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit 1 if any config is significantly slower, fails where it passed, or grew in memory")
 
@@ -578,7 +607,7 @@ def main(args: argparse.Namespace) -> int:
     if args.resamples < 100:
         raise BadInputError(f"--resamples must be at least 100, got {args.resamples}")
     opts = Options(args.threshold, args.mem_threshold, args.confidence, args.resamples, args.seed,
-                   tuple(args.match_ignore))
+                   tuple(args.match_ignore), getattr(args, "fdr", True))
     base, new = load_run(args.base), load_run(args.new)
     c = compare_runs(base, new, opts)
     text = {"md": render_markdown, "csv": render_csv, "json": render_json}[args.format](c)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RatioEstimate", "bootstrap_ratio_ci", "mann_whitney_p", "compare_samples", "MIN_SAMPLES"]
+__all__ = ["RatioEstimate", "bootstrap_ratio_ci", "mann_whitney_p", "compare_samples", "benjamini_hochberg",
+           "MIN_SAMPLES"]
 
 MIN_SAMPLES = 3  # below this on either side no test is attempted
 
@@ -123,3 +124,25 @@ def compare_samples(base: Sequence[float], new: Sequence[float], *, n_boot: int 
     p = mann_whitney_p(base, new)
     significant = (lo > 1.0 or hi < 1.0) and p < 1.0 - confidence
     return RatioEstimate(ratio, lo, hi, p, bool(significant), len(base), len(new))
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q-values), in the input order.
+
+    ``q_(i) = min_{j >= i} p_(j) · m / j`` over the ascending p-values ``p_(1) <= ... <= p_(m)``, capped at 1.
+    Calling every test with ``q < alpha`` significant keeps the expected share of false discoveries among them at
+    most ``alpha`` (independent or positively dependent tests), where ``p < alpha`` alone would flag about
+    ``alpha · m`` unchanged configs of a large sweep.
+    """
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0:
+        return p.copy()
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError("p-values must lie in [0, 1]")
+    order = np.argsort(p, kind="mergesort")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q_sorted = np.minimum.accumulate(scaled[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(q_sorted, 1.0)
+    return q

@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from bench.cli import main as cli_main
 from bench.compare import Options, compare_runs, load_run, render_markdown
 from bench.config import Config
 from bench.io import BadInputError, RowWriter, append_jsonl
 from bench.runner import RESULT_COLUMNS
-from bench.stats import _boot_medians, bootstrap_ratio_ci, compare_samples, mann_whitney_p
+from bench.stats import _boot_medians, benjamini_hochberg, bootstrap_ratio_ci, compare_samples, mann_whitney_p
 
 ENV = {"cpu_model": "Test CPU", "threads": 2, "torch_version": "2.14.1", "triton_version": "3.8.0",
        "host": "h", "gpus": [], "git_sha": "abc", "python": "3.11"}
@@ -136,6 +137,42 @@ def test_noisy_unchanged_configs_are_not_flagged(tmp_path: Path) -> None:
     assert [r["verdict"] for r in c.rows] == ["slower"] * 10
 
 
+def test_benjamini_hochberg_known_values() -> None:
+    # sorted p: .005 .01 .03 .04 (m = 4) -> p*m/rank: .02 .02 .04 .04 -> running min from the top: same
+    q = benjamini_hochberg([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(q, [0.02, 0.04, 0.04, 0.02])
+    np.testing.assert_allclose(benjamini_hochberg([0.5, 0.01]), [0.5, 0.02])
+    np.testing.assert_allclose(benjamini_hochberg([0.9, 0.8]), [0.9, 0.9])  # monotone: q never below a smaller p's
+    assert benjamini_hochberg([]).size == 0
+    with pytest.raises(ValueError):
+        benjamini_hochberg([1.5])
+
+
+def test_fdr_keeps_a_large_sweep_of_unchanged_configs_quiet(tmp_path: Path) -> None:
+    """300 unchanged configs at --threshold 0 (any significant shift is called): raw p flags ~3% of them,
+    Benjamini–Hochberg keeps false discoveries near zero, and true 15% slowdowns among them are still found."""
+    rng = np.random.default_rng(11)
+    same = [_cfg(batch=b, dtype=dt) for b in range(1, 151) for dt in ("fp32", "bf16")]
+    slow = [_cfg(model="resnet18", batch=b) for b in range(1, 6)]
+    base = {c: lognormal(rng, 3.0, 0.3, 60) for c in same + slow}
+    new = {c: lognormal(rng, 3.0 * (1.15 if c in slow else 1.0), 0.3, 60) for c in base}
+    base[slow[0]], new[slow[0]] = lognormal(rng, 3.0, 0.05, 200), lognormal(rng, 3.45, 0.05, 200)
+    a, b = load_run(write_run(tmp_path / "a", base)), load_run(write_run(tmp_path / "b", new))
+    raw = compare_runs(a, b, Options(threshold=0.0, fdr=False))
+    adj = compare_runs(a, b, Options(threshold=0.0))
+    label = {r["config"]: r for r in adj.rows}
+
+    def false_calls(c: Any) -> int:
+        return sum(r["verdict"] != "unchanged" for r in c.rows if not r["config"].startswith("resnet18"))
+
+    assert false_calls(raw) >= 3  # the raw per-config test (CI and p): ~9 expected of 300
+    assert false_calls(adj) <= 1
+    assert all(r["q_value"] is not None and r["q_value"] >= r["p_value"] for r in adj.rows)
+    precise = next(r for cfg, r in label.items() if cfg.startswith("resnet18") and r["n_base"] == 200)
+    assert precise["verdict"] == "slower" and precise["regression"]
+    assert "Benjamini–Hochberg" in render_markdown(adj) and "not adjusted" in render_markdown(raw)
+
+
 def test_significant_but_below_threshold_is_unchanged(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     cfg = _cfg()
@@ -227,6 +264,54 @@ def test_kernels_tables_and_numerics(tmp_path: Path) -> None:
     assert by[("kernels", "window_attention small bf16 forward eager")]["verdict"] == "unchanged"
     num = by[("numerics", "window_attention small bf16 forward out")]
     assert num["verdict"] == "regression" and "pass → fail: max_abs 1 > 0.1" in num["notes"][0]
+
+
+def test_kernel_bench_samples_feed_the_bootstrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bench kernels --bench`` rows and their raw samples (kernels_samples.jsonl), written by the real writer from
+    real ``bench_case`` rows on the CPU (the CUDA-event timer alone is replaced by seeded samples: 20% slower in the
+    new run for the eager provider, unchanged for compile), are compared by bootstrap, not by the p20-p80 fallback."""
+    import kernels  # noqa: F401 - registers the kernels
+    from bench.kernelbench import microbench
+    from bench.kernelbench.cli import SAMPLES_JSONL, write_bench_rows
+    from bench.kernelbench.microbench import BENCH_COLUMNS, bench_case
+    from bench.timing import summarize
+    from kernels.registry import get_kernel
+
+    spec = get_kernel("depthwise_conv")
+    shape_name, shape = next(iter(spec.test_shapes.items()))
+
+    def run(d: Path, slow: float, seed: int) -> Path:
+        rng = np.random.default_rng(seed)
+        calls = []
+
+        def fake_time(fn: Any, warmup_ms: float, rep_ms: float) -> dict[str, Any]:
+            fn()  # the provider really runs once
+            calls.append(1)
+            factor = slow if len(calls) == 1 else 1.0  # providers run in order: eager first
+            us = list(100.0 * factor * rng.lognormal(0.0, 0.05, 300))
+            q = summarize([u / 1e3 for u in us])
+            return {"p50_us": q["p50"] * 1e3, "p20_us": q["p20"] * 1e3, "p80_us": q["p80"] * 1e3,
+                    "n_samples": len(us), "warm_p50_us": q["p50"] * 1e3, "samples_us": us}
+
+        monkeypatch.setattr(microbench, "_time", fake_time)
+        rows = bench_case(spec, shape_name, shape, torch.float32, "forward", ["eager", "compile"], "cpu", None)
+        assert [r["status"] for r in rows] == ["ok", "ok"], rows
+        env = {"device_name": "test-cpu"}
+        writer = RowWriter(d / "kernels.csv", BENCH_COLUMNS + ["device_name"])
+        write_bench_rows(rows, writer, d / SAMPLES_JSONL, env)
+        (d / "env.json").write_text(json.dumps(ENV))
+        return d
+
+    a, b = run(tmp_path / "a", 1.0, 1), run(tmp_path / "b", 1.2, 2)
+    recs = [json.loads(line) for line in (a / SAMPLES_JSONL).read_text().splitlines()]
+    assert [r["provider"] for r in recs] == ["eager", "compile"] and all(len(r["samples_us"]) == 300 for r in recs)
+    c = compare_runs(load_run(a), load_run(b))
+    by = {r["config"]: r for r in c.rows if r["kind"] == "kernels"}
+    eager = by[f"depthwise_conv {shape_name} fp32 forward eager"]
+    comp = by[f"depthwise_conv {shape_name} fp32 forward compile"]
+    assert eager["method"] == comp["method"] == "bootstrap+mann-whitney"
+    assert eager["verdict"] == "slower" and eager["ci_low"] < 1.2 < eager["ci_high"]
+    assert comp["verdict"] == "unchanged"
 
 
 # --- bad input: one line naming file and line, exit 2 ----------------------------------------------------------------
