@@ -230,13 +230,22 @@ def _env_columns(device: str) -> tuple[list[str], dict[str, Any]]:
     return [c for c in ENV_COLUMNS if c in cols], cols
 
 
-# --- the two modes ------------------------------------------------------------------------------------------------
+def _fresh_writer(plan: _Plan, name: str, columns: list[str], *also: str) -> RowWriter | None:
+    """A writer for ``DIR/name``, replacing an earlier run's file (and ``also``), like ``run`` without ``--resume``."""
+    if plan.out is None:
+        return None
+    for n in (name, *also):
+        (plan.out / n).unlink(missing_ok=True)
+    return RowWriter(plan.out / name, columns)
+
+
+# --- the modes ------------------------------------------------------------------------------------------------
 
 
 def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     cases = list(iter_cases(plan.specs, plan.dtypes["check"], plan.directions, plan.shapes, plan.real_shapes))
     env_cols, env = _env_columns(plan.device)
-    writer = RowWriter(plan.out / CHECK_CSV, CHECK_COLUMNS + env_cols) if plan.out else None
+    writer = _fresh_writer(plan, CHECK_CSV, CHECK_COLUMNS + env_cols)
     rows: list[dict[str, Any]] = []
     for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
         case_rows = check_case(spec, shape_name, shape, dtype, direction, plan.device, plan.seed)
@@ -277,7 +286,7 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     sys.stderr.write(f"device {peak.device_name}: peak {peak.gbps:.0f} GB/s ({peak.source}); "
                      f"measured copy {peak.copy_gbps or float('nan'):.0f} GB/s\n")
     env_cols, env = _env_columns(plan.device)
-    writer = RowWriter(plan.out / BENCH_CSV, BENCH_COLUMNS + env_cols) if plan.out else None
+    writer = _fresh_writer(plan, BENCH_CSV, BENCH_COLUMNS + env_cols, SAMPLES_JSONL)
     rows: list[dict[str, Any]] = []
     cases = list(iter_cases(plan.specs, plan.dtypes["bench"], plan.directions, plan.shapes, plan.real_shapes))
     dead = False
@@ -307,7 +316,7 @@ def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     from .aot import AOT_COLUMNS, compile_case, print_compile_table, summarize
 
     env_cols, env = _env_columns("cpu")
-    writer = RowWriter(plan.out / COMPILE_CSV, AOT_COLUMNS + env_cols) if plan.out else None
+    writer = _fresh_writer(plan, COMPILE_CSV, AOT_COLUMNS + env_cols)
     rows: list[dict[str, Any]] = []
     cases = list(iter_cases(plan.specs, plan.dtypes["compile"], plan.directions, plan.shapes, plan.real_shapes))
     for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):

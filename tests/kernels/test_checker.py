@@ -317,6 +317,10 @@ def test_cli_check_passes_writes_csv_and_prints_table(registered: Any, tmp_path:
     assert set(df["status"]) == {"pass"} and set(df["path"]) == {"triton-interpret"}
     md = report.kernels_section(tmp_path)
     assert "## Kernels" in md and f"| {name} | bf16 | backward | 3 | 3 | 0 |" in md
+    assert "## Kernels" in (tmp_path / "report.md").read_text()
+    # A second run into the same directory replaces the CSV (as `run` without --resume does), never appends.
+    assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--shapes", "odd", "--out", str(tmp_path)]) == 0
+    assert len(read_results(tmp_path / cli.CHECK_CSV)) == 4
 
 
 def test_cli_check_exits_1_on_a_failing_kernel(registered: Any, capsys: Any) -> None:
