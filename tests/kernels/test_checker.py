@@ -398,22 +398,23 @@ def _raise(exc: type[Exception]) -> Any:
     return peer
 
 
+def _cpu_timer(fn: Any, warmup_ms: float, rep_ms: float) -> dict[str, Any]:
+    import time
+
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e6)
+    samples.sort()
+    return {"p50_us": samples[1], "p20_us": samples[0], "p80_us": samples[2], "n_samples": 3,
+            "warm_p50_us": samples[1], "samples_us": samples}
+
+
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_bench_case_plumbing_on_cpu(monkeypatch: Any, direction: str) -> None:
     """``bench_case`` end to end with the CUDA timer swapped for a CPU one: rows, statuses, launches, metrics."""
-    import time
-
-    def cpu_time(fn: Any, warmup_ms: float, rep_ms: float) -> dict[str, float]:
-        samples = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e6)
-        samples.sort()
-        return {"p50_us": samples[1], "p20_us": samples[0], "p80_us": samples[2], "n_samples": 3,
-                "warm_p50_us": samples[1]}
-
-    monkeypatch.setattr(microbench, "_time", cpu_time)
+    monkeypatch.setattr(microbench, "_time", _cpu_timer)
     # failing providers cost a gc.collect() each (~1 s here), so only the forward variant has them
     failing = {"nope": _raise(NotImplementedError), "boom": _raise(RuntimeError)} if direction == "forward" else {}
     spec = dataclasses.replace(fake_spec(), peers={"lib": scale_shift, **failing})
@@ -439,6 +440,31 @@ def test_bench_case_plumbing_on_cpu(monkeypatch: Any, direction: str) -> None:
         rows = microbench.bench_case(fallback, "odd", TEST_SHAPES["odd"], torch.float32, direction, ["triton"],
                                      "cpu", None)
         assert rows[0]["status"] == "error" and "no Triton kernel was launched" in rows[0]["message"]
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("name", sorted(list_kernels()))
+def test_every_registered_kernel_and_peer_through_bench_case(monkeypatch: Any, name: str, direction: str) -> None:
+    """What ``--bench`` runs per case on a GPU, on the CPU with only the CUDA-event timer swapped: the real spec's
+    Triton path (interpreter), its reference and each vendor peer give ``ok`` rows with rates, or ``unsupported``
+    for a CUDA-only peer (FlexAttention) — never an error. ``compile`` is left out: inductor on the CPU takes
+    minutes per case here, and ``test_kernel_bench_samples_feed_the_bootstrap`` covers it."""
+    spec = get_kernel(name)
+    monkeypatch.setattr(microbench, "_time", _cpu_timer)
+    shape_name, shape = next(iter(spec.test_shapes.items()))
+    providers = ["triton", "eager", *spec.peers]
+    peak = peaks.DevicePeak("cpu", 100.0, {"fp32": 1.0}, None, "test")
+    rows = microbench.bench_case(spec, shape_name, shape, torch.float32, direction, providers, "cpu", peak)
+    by = {r["provider"]: r for r in rows}
+    assert list(by) == providers
+    assert by["triton"]["status"] == "ok" and by["triton"]["launches"] >= 1, by["triton"]
+    assert by["eager"]["status"] == "ok"
+    for p in spec.peers:
+        assert by[p]["status"] in ("ok", "unsupported"), (p, by[p]["message"])
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["p50_us"] > 0 and r["gbps"] > 0 and r["tflops"] > 0 and r["speedup_vs_eager"] > 0
+            assert len(r["samples_us"]) == 3
 
 
 def test_report_markdown_from_frames() -> None:
