@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -242,25 +242,43 @@ def _fresh_writer(plan: _Plan, name: str, columns: list[str], *also: str) -> Row
 # --- the modes ------------------------------------------------------------------------------------------------
 
 
+Case = tuple[Any, str, Any, torch.dtype, str]  # (spec, shape name, shape, dtype, direction)
+
+
+def _each_case(cases: Sequence[Case], writer: RowWriter | None, env: dict[str, Any],
+               run_case: Callable[..., list[dict[str, Any]]],
+               describe: Callable[[Case, list[dict[str, Any]]], str]) -> list[dict[str, Any]]:
+    """Run every case, append its rows (with the environment columns) as they come, print a progress line each."""
+    rows: list[dict[str, Any]] = []
+    for i, case in enumerate(cases, 1):
+        case_rows = run_case(*case)
+        for r in case_rows:
+            if writer is not None:
+                writer.append({**r, **env})
+        rows.extend(case_rows)
+        spec, shape_name, _, dtype, direction = case
+        sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {dtype_name(dtype)} {direction}: "
+                         f"{describe(case, case_rows)}\n")
+    return rows
+
+
+def _print_counts(console: Any, counts: dict[str, int], path: Path | None) -> None:
+    console.print(" · ".join(f"{k}: {v}" for k, v in counts.items()) + (f" · rows in {path}" if path else ""))
+
+
 def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     cases = list(iter_cases(plan.specs, plan.dtypes["check"], plan.directions, plan.shapes, plan.real_shapes))
     env_cols, env = _env_columns(plan.device)
     writer = _fresh_writer(plan, CHECK_CSV, CHECK_COLUMNS + env_cols)
-    rows: list[dict[str, Any]] = []
-    for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
-        case_rows = check_case(spec, shape_name, shape, dtype, direction, plan.device, plan.seed)
-        for r in case_rows:
-            if writer is not None:
-                writer.append({**r, **env})
-            rows.append(r)
+
+    def describe(case: Case, case_rows: list[dict[str, Any]]) -> str:
         worst = max((r["status"] for r in case_rows), key=["pass", "unsupported", "fail", "error"].index)
-        sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {case_rows[0]['dtype']} {direction}: "
-                         f"{worst} ({case_rows[0]['elapsed_s']:.1f}s)\n")
+        return f"{worst} ({case_rows[0]['elapsed_s']:.1f}s)"
+
+    rows = _each_case(cases, writer, env, lambda *c: check_case(*c, plan.device, plan.seed), describe)
     console = _console()
     print_check_table(rows, console)
-    counts = summarize_statuses(rows)
-    console.print(" · ".join(f"{k}: {v}" for k, v in counts.items())
-                  + (f" · rows in {plan.out / CHECK_CSV}" if plan.out else ""))
+    _print_counts(console, summarize_statuses(rows), plan.out / CHECK_CSV if plan.out else None)
     return (1 if any(is_failure(r) for r in rows) else 0), rows
 
 
@@ -317,21 +335,12 @@ def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
 
     env_cols, env = _env_columns("cpu")
     writer = _fresh_writer(plan, COMPILE_CSV, AOT_COLUMNS + env_cols)
-    rows: list[dict[str, Any]] = []
     cases = list(iter_cases(plan.specs, plan.dtypes["compile"], plan.directions, plan.shapes, plan.real_shapes))
-    for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
-        case_rows = compile_case(spec, shape_name, shape, dtype, direction, plan.arch, plan.seed)
-        for r in case_rows:
-            if writer is not None:
-                writer.append({**r, **env})
-            rows.append(r)
-        sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {dtype_name(dtype)} {direction}: "
-                         + ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in case_rows) + "\n")
+    rows = _each_case(cases, writer, env, lambda *c: compile_case(*c, plan.arch, plan.seed),
+                      lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs))
     console = _console()
     print_compile_table(rows, plan.arch, console)
-    counts = summarize(rows)
-    console.print(" · ".join(f"{k}: {v}" for k, v in counts.items())
-                  + (f" · rows in {plan.out / COMPILE_CSV}" if plan.out else ""))
+    _print_counts(console, summarize(rows), plan.out / COMPILE_CSV if plan.out else None)
     bad = [r for r in rows if r["status"] in ("compile_error", "too_many_resources", "error")]
     return (1 if bad else 0), rows
 
