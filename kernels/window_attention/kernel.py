@@ -293,8 +293,10 @@ def launch_config(B_: int, H: int, N: int, D: int, nW: int, windows_per_program:
     2 stages) without spills; fp32/fp64 operands (FMA dots) need 8 forward warps to avoid spilling. Their backward
     spilled with a pipelined (2-stage) window loop — fp32 at 8 warps: 32 registers and 6.5 KB of spill stores per
     thread (Triton 3.8), fp64: 3 KB — so it runs unpipelined: fp32 at 16 warps (92 registers, no spills, 25%
-    occupancy), fp64 at 8 (0.4-0.6 KB spills, the least of 4/8/16 warps). 32×256 tiles spilled heavily where
-    16×256 at 4 warps do not.
+    occupancy), fp64 at 8. fp64 (a numerics dtype: it must launch everywhere, speed is secondary) takes 32-row query
+    tiles: its 64×64 backward tile needed 112 KB of shared memory, which sm_89 (L4, L40S: 99 KB per block) cannot
+    launch; 32 rows need 48 + 64 KB (row and column kernels). 32×256 tiles spilled heavily where 16×256 at 4 warps
+    do not.
     """
     block_n = max(16, _next_pow2(N))
     block_d = max(16, _next_pow2(D))
@@ -306,6 +308,8 @@ def launch_config(B_: int, H: int, N: int, D: int, nW: int, windows_per_program:
         warps_bwd = 4 if block_m * block_n <= 1024 else 8
         if wide and block_n == 64:
             warps_bwd, stages_bwd = (16 if dtype == torch.float32 else 8), 1
+        if dtype == torch.float64 and block_n == 64:
+            block_m = 32  # 64-row fp64 tiles need 112 KB of shared memory: over sm_89's 99 KB per block
     elif block_n <= 128:
         block_m, warps_fwd, warps_bwd = 64, 8, 8
     else:

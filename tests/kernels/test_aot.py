@@ -115,6 +115,18 @@ def test_every_registered_kernel_compiles_for_sm90(tmp_path: Path) -> None:
     assert "### Ahead-of-time compile (`--compile`)" in report and "_wattn_fwd_kernel" in report
 
 
+def test_fp64_window_attention_fits_an_sm89_block(tmp_path: Path) -> None:
+    """Found by this check: the fp64 backward's 64-row tile needed 112 KB of shared memory, over the 99 KB an sm_89
+    block (L4, L40S) may have, so ``--check`` in fp64 could not launch there; it now takes 32-row tiles."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "kernels", "--compile", "--arch", "sm_89", "--kernels",
+                           "window_attention", "--shapes", "swin_t_stage1_b64_shifted", "--dtypes", "fp64", "--out",
+                           str(tmp_path)], cwd=REPO, env=_no_interp_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "kernels_compile.csv")
+    assert set(df["triton_kernel"]) == {"_wattn_fwd_kernel", "_wattn_bwd_rows_kernel", "_wattn_bwd_cols_kernel"}
+    assert (df["status"] == "ok").all() and (df["smem_bytes"] <= ARCHS["sm_89"].smem_per_block).all()
+
+
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--compile"], "TRITON_INTERPRET unset"),
     (["--compile", "--check"], "--compile runs alone"),

@@ -278,6 +278,7 @@ def test_launch_config_heuristics() -> None:
     # Backward: FMA-dot dtypes unpipelined (the 2-stage loop spilled 6.5 KB/thread in fp32, see launch_config)
     f32, f64, b16 = (launch_config(8, 1, 49, 32, 1, dtype=dt) for dt in (torch.float32, torch.float64, torch.bfloat16))
     assert (f32.num_warps_bwd, f32.num_stages_bwd) == (16, 1) and (f64.num_warps_bwd, f64.num_stages_bwd) == (8, 1)
+    assert (f32.BLOCK_M, f64.BLOCK_M, f64.NQB) == (64, 32, 2)  # fp64: fits sm_89's 99 KB of shared memory per block
     assert (b16.num_warps_bwd, b16.num_stages_bwd) == (8, 2)
     assert launch_config(3, 1, 10, 24, 1).BLOCK_N == 16 and launch_config(3, 1, 10, 24, 1).BLOCK_D == 32
 
