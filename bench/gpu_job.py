@@ -5,7 +5,12 @@
 Steps, all written under ``OUT_DIR`` and bounded by one wall-clock budget (default 7.5 minutes):
 
 1. ``kernels --check`` on CUDA at the real model shapes, fp32/fp16/bf16, forward and backward -> ``kernels_check.csv``
-2. ``kernels --bench`` for every kernel, shape and provider -> ``kernels.csv``
+   (at most 15% of the budget)
+2. ``kernels --bench`` for every kernel and provider -> ``kernels.csv`` (at most 40% of the budget: the inductor and
+   FlexAttention providers compile per case, several seconds each, so not every shape fits). Both interleave the
+   kernels by (shape rank, dtype, direction) — every kernel's first real shape in bf16 forward, then backward, then
+   the next dtype, before any kernel's second shape — and list the cases they had no time for in
+   ``kernels_skipped.txt``.
 3. a model sweep -> ``results.csv``: every model at batch 1 and a throughput batch, fp32/tf32/bf16 eager; the
    ``triton`` backend for models with a kernel hot path; ``torch.compile`` for a few representative models only (a
    compile of every model would not fit the budget). Configs are ordered by priority and the sweep stops starting
@@ -55,6 +60,11 @@ def model_configs() -> list:
     return out
 
 
+def _kernel_budgets(total_s: float) -> tuple[float, float]:
+    """Seconds for ``kernels --check`` and ``kernels --bench``; the model sweep gets the rest (less a 60 s margin)."""
+    return 0.15 * total_s, 0.40 * total_s
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_job", description=__doc__.splitlines()[0])
     p.add_argument("out", nargs="?", default="results/gpu")
@@ -73,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench.dryrun import dry_run
         from kernels import list_kernels
 
-        print(f"kernels: {', '.join(list_kernels())} (checked at real shapes fwd+bwd; benched vs all providers)")
+        check_s, bench_s = _kernel_budgets(args.budget_s)
+        print(f"kernels: {', '.join(list_kernels())} (checked at real shapes fwd+bwd for up to {check_s:.0f} s; "
+              f"benched vs all providers for up to {bench_s:.0f} s; model sweep until {args.budget_s - 60:.0f} s)")
         return dry_run(configs)
     if not torch.cuda.is_available():
         print("bench-gpu needs a CUDA device, and torch.cuda.is_available() is False on this machine.", file=sys.stderr)
@@ -88,18 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     codes = {}
+    check_s, bench_s = _kernel_budgets(args.budget_s)
     codes["check"] = kernels_run(["--check", "--device", "cuda", "--real-shapes", "--dtypes", "fp32", "fp16", "bf16",
-                                  "--out", str(out)])
+                                  "--out", str(out), "--budget-s", f"{check_s:.0f}"])
     codes["bench"] = kernels_run(["--bench", "--device", "cuda", "--out", str(out), "--warmup-ms", "10",
-                                  "--rep-ms", "40"])
+                                  "--rep-ms", "40", "--budget-s", f"{bench_s:.0f}"])
     opts = RunOptions(warmup_s=0.1, min_time_s=0.2, timeout_s=90.0)
     done = run_sweep(configs, out, opts, resume=True, progress=True, argv=sys.argv,
                      deadline=t_start + args.budget_s - 60.0)
     skipped = (out / "skipped.txt").read_text().splitlines() if (out / "skipped.txt").exists() else []
     write_report(out)
     console.print(summary_table(done, title=f"GPU model sweep ({len(done)} configs, {len(skipped)} skipped for time)"))
-    console.print(f"kernels --check exit {codes['check']}, kernels --bench exit {codes['bench']}; "
-                  f"{time.monotonic() - t_start:.0f} s total; outputs in {out}")
+    kskip = out / "kernels_skipped.txt"
+    n_kskip = len(kskip.read_text().splitlines()) if kskip.exists() else 0
+    console.print(f"kernels --check exit {codes['check']}, kernels --bench exit {codes['bench']} ({n_kskip} kernel "
+                  f"cases skipped for time); {time.monotonic() - t_start:.0f} s total; outputs in {out}")
     return max(codes.values())
 
 

@@ -418,21 +418,28 @@ def check_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dtyp
 
 
 def iter_cases(specs: Sequence[KernelSpec], dtypes: Sequence[torch.dtype], directions: Sequence[str],
-               shape_names: Sequence[str] | None = None, real_shapes: bool = False
+               shape_names: Sequence[str] | None = None, real_shapes: bool = False, by_rank: bool = False
                ) -> Iterator[tuple[KernelSpec, str, Mapping[str, Any], torch.dtype, str]]:
     """Every (spec, shape name, shape, dtype, direction) to check, in a stable order.
 
     ``shape_names`` filters by name (a name that one kernel lacks is skipped for it); ``real_shapes`` picks
-    ``spec.shapes`` (the GPU-sized ones) instead of ``spec.test_shapes``.
+    ``spec.shapes`` (the GPU-sized ones) instead of ``spec.test_shapes``. ``by_rank`` orders by (each kernel's shape
+    rank, dtype, direction), kernels interleaved: every kernel's first shape in the first dtype forward, then
+    backward, then the next dtype..., before any kernel's second shape — so a run cut short by a time budget has
+    covered every kernel in the leading dtype first. Otherwise kernel by kernel, shape by shape.
     """
+    cases = []
     for spec in specs:
         shapes = spec.shapes if real_shapes else spec.test_shapes
-        for shape_name, shape in shapes.items():
-            if shape_names is not None and shape_name not in shape_names:
-                continue
-            for dtype in dtypes:
-                for direction in directions:
-                    yield spec, shape_name, shape, dtype, direction
+        picked = [(n, sh) for n, sh in shapes.items() if shape_names is None or n in shape_names]
+        for rank, (shape_name, shape) in enumerate(picked):
+            for i, dtype in enumerate(dtypes):
+                for j, direction in enumerate(directions):
+                    cases.append(((rank, i, j), spec, shape_name, shape, dtype, direction))
+    if by_rank:
+        cases.sort(key=lambda c: c[0])  # stable: the kernels' order is kept within one (rank, dtype, direction)
+    for _, *case in cases:
+        yield tuple(case)  # type: ignore[misc]
 
 
 def summarize_statuses(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:

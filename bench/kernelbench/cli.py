@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ COMPILE_CSV = "kernels_compile.csv"
 SAMPLES_JSONL = "kernels_samples.jsonl"
 DEFAULT_CHECK_DTYPES = ("fp32", "fp16", "bf16", "fp64")
 DEFAULT_BENCH_DTYPES = ("bf16", "fp16", "fp32")
+Case = tuple[Any, str, Any, torch.dtype, str]  # (spec, shape name, shape, dtype, direction)
+SKIPPED_TXT = "kernels_skipped.txt"
 NEEDS_CUDA = ("--bench needs a CUDA device and none is available here (torch.cuda.is_available() is False); "
               "run it on a GPU machine, or use --check on the CPU with TRITON_INTERPRET=1.")
 
@@ -75,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the real model shapes (default on CUDA and for --bench)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    p.add_argument("--budget-s", type=float, metavar="S",
+                   help="wall-clock budget per mode: cases run in shape-rank order (every kernel's first shape "
+                        "first) and none starts after S seconds; the rest are listed in DIR/kernels_skipped.txt")
     p.add_argument("--warmup-ms", type=float, default=25.0, help="bench warm-up budget per provider (ms)")
     p.add_argument("--rep-ms", type=float, default=100.0, help="bench measurement budget per provider (ms)")
 
@@ -144,6 +150,10 @@ class _Plan:
         self.seed = int(getattr(args, "seed", 0) or 0)
         self.warmup_ms = float(getattr(args, "warmup_ms", 25.0) or 25.0)
         self.rep_ms = float(getattr(args, "rep_ms", 100.0) or 100.0)
+        budget = getattr(args, "budget_s", None)
+        if budget is not None and not budget > 0:
+            raise BadInputError(f"--budget-s must be a positive number of seconds, got {budget}")
+        self.budget_s: float | None = budget
         if self.check:
             try:
                 require_triton_path(self.device)
@@ -156,6 +166,11 @@ class _Plan:
                 require_aot()
             except AotUnavailableError as e:
                 raise BadInputError(str(e)) from None
+
+    def cases(self, mode: str) -> list[Case]:
+        """The mode's cases, in shape-rank order when a budget may cut the run short."""
+        return list(iter_cases(self.specs, self.dtypes[mode], self.directions, self.shapes, self.real_shapes,
+                               by_rank=self.budget_s is not None))
 
     def _dtypes(self, names: Sequence[str] | None) -> dict[str, list[torch.dtype]]:
         for n in names or ():
@@ -242,15 +257,51 @@ def _fresh_writer(plan: _Plan, name: str, columns: list[str], *also: str) -> Row
 # --- the modes ------------------------------------------------------------------------------------------------
 
 
-Case = tuple[Any, str, Any, torch.dtype, str]  # (spec, shape name, shape, dtype, direction)
+class _Budget:
+    """Stops a mode from starting cases after ``--budget-s``; lists the cases it never started."""
+
+    def __init__(self, plan: _Plan, mode: str) -> None:
+        self.deadline = time.monotonic() + plan.budget_s if plan.budget_s is not None else None
+        self.path = plan.out / SKIPPED_TXT if plan.out is not None else None
+        self.mode = mode
+        self.skipped = 0
+
+    def spent(self, case: Case, remaining: int) -> bool:
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return False
+        if self.skipped == 0:
+            sys.stderr.write(f"--budget-s spent: {remaining} {self.mode} case(s) not started"
+                             + (f", listed in {self.path}" if self.path else "") + "\n")
+        self.skipped += 1
+        if self.path is not None:
+            spec, shape_name, _, dtype, direction = case
+            with self.path.open("a") as f:
+                f.write(f"{self.mode} {spec.name} {shape_name} {dtype_name(dtype)} {direction}\n")
+        return True
+
+
+def _clear_skipped(plan: _Plan) -> None:
+    """Drop an earlier run's skipped-case lines for the modes this run redoes (``gpu_job`` runs check, then bench)."""
+    path = plan.out / SKIPPED_TXT if plan.out is not None else None
+    if path is None or not path.exists():
+        return
+    modes = {m for m, on in (("check", plan.check), ("bench", plan.bench), ("compile", plan.compile)) if on}
+    keep = [line for line in path.read_text().splitlines() if line.split(" ", 1)[0] not in modes]
+    if keep:
+        path.write_text("\n".join(keep) + "\n")
+    else:
+        path.unlink()
 
 
 def _each_case(cases: Sequence[Case], writer: RowWriter | None, env: dict[str, Any],
                run_case: Callable[..., list[dict[str, Any]]],
-               describe: Callable[[Case, list[dict[str, Any]]], str]) -> list[dict[str, Any]]:
-    """Run every case, append its rows (with the environment columns) as they come, print a progress line each."""
+               describe: Callable[[Case, list[dict[str, Any]]], str], budget: _Budget) -> list[dict[str, Any]]:
+    """Run every case (until the budget is spent), append its rows with the environment columns as they come, and
+    print a progress line each."""
     rows: list[dict[str, Any]] = []
     for i, case in enumerate(cases, 1):
+        if budget.spent(case, len(cases) - i + 1):
+            continue
         case_rows = run_case(*case)
         for r in case_rows:
             if writer is not None:
@@ -267,7 +318,7 @@ def _print_counts(console: Any, counts: dict[str, int], path: Path | None) -> No
 
 
 def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
-    cases = list(iter_cases(plan.specs, plan.dtypes["check"], plan.directions, plan.shapes, plan.real_shapes))
+    cases = plan.cases("check")
     env_cols, env = _env_columns(plan.device)
     writer = _fresh_writer(plan, CHECK_CSV, CHECK_COLUMNS + env_cols)
 
@@ -275,7 +326,8 @@ def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
         worst = max((r["status"] for r in case_rows), key=["pass", "unsupported", "fail", "error"].index)
         return f"{worst} ({case_rows[0]['elapsed_s']:.1f}s)"
 
-    rows = _each_case(cases, writer, env, lambda *c: check_case(*c, plan.device, plan.seed), describe)
+    rows = _each_case(cases, writer, env, lambda *c: check_case(*c, plan.device, plan.seed), describe,
+                      _Budget(plan, "check"))
     console = _console()
     print_check_table(rows, console)
     _print_counts(console, summarize_statuses(rows), plan.out / CHECK_CSV if plan.out else None)
@@ -306,11 +358,12 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     env_cols, env = _env_columns(plan.device)
     writer = _fresh_writer(plan, BENCH_CSV, BENCH_COLUMNS + env_cols, SAMPLES_JSONL)
     rows: list[dict[str, Any]] = []
-    cases = list(iter_cases(plan.specs, plan.dtypes["bench"], plan.directions, plan.shapes, plan.real_shapes))
+    cases = plan.cases("bench")
     dead = False
+    budget = _Budget(plan, "bench")
     for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
         provs = [p for p in provider_names(spec) if plan.providers is None or p in plan.providers]
-        if not provs:
+        if not provs or budget.spent(cases[i - 1], len(cases) - i + 1):
             continue
         if dead:
             case_rows = [{"kernel": spec.name, "shape": shape_name, "dtype": dtype_name(dtype), "direction": direction,
@@ -335,9 +388,10 @@ def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
 
     env_cols, env = _env_columns("cpu")
     writer = _fresh_writer(plan, COMPILE_CSV, AOT_COLUMNS + env_cols)
-    cases = list(iter_cases(plan.specs, plan.dtypes["compile"], plan.directions, plan.shapes, plan.real_shapes))
+    cases = plan.cases("compile")
     rows = _each_case(cases, writer, env, lambda *c: compile_case(*c, plan.arch, plan.seed),
-                      lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs))
+                      lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs),
+                      _Budget(plan, "compile"))
     console = _console()
     print_compile_table(rows, plan.arch, console)
     _print_counts(console, summarize(rows), plan.out / COMPILE_CSV if plan.out else None)
@@ -360,6 +414,7 @@ def main(args: argparse.Namespace) -> int:
 
         plan.out.mkdir(parents=True, exist_ok=True)
         (plan.out / "env.json").write_text(json.dumps(collect_env(sys.argv), indent=2) + "\n")
+    _clear_skipped(plan)
     if plan.check:
         code = max(code, run_check(plan)[0])
     if plan.bench:
@@ -369,7 +424,10 @@ def main(args: argparse.Namespace) -> int:
     if plan.out is not None:
         from bench.report import write_report
 
-        sys.stderr.write(f"report: {write_report(plan.out)}\n")
+        try:
+            sys.stderr.write(f"report: {write_report(plan.out)}\n")
+        except BadInputError as e:  # e.g. a budget spent before the first case: no rows to report on
+            sys.stderr.write(f"no report: {e}\n")
     return code
 
 

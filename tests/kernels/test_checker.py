@@ -281,6 +281,18 @@ def test_iter_cases_filters_and_orders() -> None:
     assert [(c[1], c[3], c[4]) for c in cases] == [("square", torch.float32, "forward"),
                                                    ("square", torch.bfloat16, "forward")]
     assert [c[1] for c in chk.iter_cases([spec], [torch.float32], ["forward"], real_shapes=True)] == ["big"]
+    # by_rank: kernels interleaved by (shape rank, dtype, direction): each one's first shape, leading dtype first
+    two = [spec, dataclasses.replace(spec, name="other")]
+    ranked = [(c[0].name, c[1]) for c in chk.iter_cases(two, [torch.float32], ["forward"], by_rank=True)]
+    assert ranked == [("fake_scale_shift", "odd"), ("other", "odd"), ("fake_scale_shift", "square"),
+                      ("other", "square")]
+    ranked = [(c[0].name, c[1], chk.dtype_name(c[3]), c[4][0]) for c in
+              chk.iter_cases(two, [torch.bfloat16, torch.float32], ["forward", "backward"], by_rank=True)][:6]
+    assert ranked == [("fake_scale_shift", "odd", "bf16", "f"), ("other", "odd", "bf16", "f"),
+                      ("fake_scale_shift", "odd", "bf16", "b"), ("other", "odd", "bf16", "b"),
+                      ("fake_scale_shift", "odd", "fp32", "f"), ("other", "odd", "fp32", "f")]
+    plain = [(c[0].name, c[1]) for c in chk.iter_cases(two, [torch.float32], ["forward"])]
+    assert plain == [("fake_scale_shift", "odd"), ("fake_scale_shift", "square"), ("other", "odd"), ("other", "square")]
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------------
@@ -321,6 +333,31 @@ def test_cli_check_passes_writes_csv_and_prints_table(registered: Any, tmp_path:
     # A second run into the same directory replaces the CSV (as `run` without --resume does), never appends.
     assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--shapes", "odd", "--out", str(tmp_path)]) == 0
     assert len(read_results(tmp_path / cli.CHECK_CSV)) == 4
+
+
+def test_cli_budget_stops_starting_cases_and_lists_the_rest(registered: Any, tmp_path: Any, capsys: Any) -> None:
+    name = registered(fake_spec("fake_budget"))
+    # A budget spent before the first case: nothing runs, every case is listed, nothing is reported as measured.
+    assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--out", str(tmp_path), "--budget-s",
+                    "1e-9"]) == 0
+    listed = (tmp_path / cli.SKIPPED_TXT).read_text().splitlines()
+    assert listed == [f"check {name} odd fp32 forward", f"check {name} odd fp32 backward",
+                      f"check {name} square fp32 forward", f"check {name} square fp32 backward"]
+    assert "--budget-s spent: 4 check case(s) not started" in capsys.readouterr().err
+    from bench.io import read_results
+
+    assert len(read_results(tmp_path / cli.CHECK_CSV, strict=False)) == 0
+    # A budget that suffices: every case runs and the list from the earlier run is gone.
+    assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--out", str(tmp_path), "--budget-s",
+                    "600"]) == 0
+    assert not (tmp_path / cli.SKIPPED_TXT).exists()
+    assert len(read_results(tmp_path / cli.CHECK_CSV)) == 8
+    # A later mode keeps another mode's list (gpu_job runs --check, then --bench, into one folder).
+    (tmp_path / cli.SKIPPED_TXT).write_text("bench k s bf16 forward\ncheck k s bf16 forward\n")
+    assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / cli.SKIPPED_TXT).read_text() == "bench k s bf16 forward\n"
+    assert cli.run(["--check", "--kernels", name, "--budget-s", "0"]) == 2
+    assert "--budget-s must be a positive number" in capsys.readouterr().err
 
 
 def test_cli_check_exits_1_on_a_failing_kernel(registered: Any, capsys: Any) -> None:
