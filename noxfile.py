@@ -6,6 +6,8 @@
 * ``bench-gpu``: the full GPU job (kernel numerics on CUDA, kernel microbenchmarks, model sweep) in the *current*
   interpreter, no new virtualenv, no network: ``nox -s bench-gpu -- OUT_DIR``. Exits non-zero without a CUDA device.
 * ``benchmarks``: pytest-benchmark comparisons of our code against its twins (tests/benchmarks/).
+* ``compile``: every kernel launch compiled ahead of time for a GPU architecture, no GPU needed
+  (``nox -s compile -- sm_90`` -> ``results/aot-sm90/``).
 
 Virtualenvs live outside the clone (``~/.cache/visionbench/nox``) and are reused, so torch (several GB) installs
 once per machine; the install step still runs every time, so a missing dependency still fails the session.
@@ -65,3 +67,12 @@ def benchmarks(session: nox.Session) -> None:
     _install(session, "dev")
     session.run("pytest", "tests/benchmarks", "-p", "no:cacheprovider", "-o", "addopts=", "--benchmark-only",
                 "--benchmark-columns=median,iqr,rounds", *session.posargs, env={"OMP_NUM_THREADS": "2"})
+
+
+@nox.session(reuse_venv=True)
+def compile(session: nox.Session) -> None:  # noqa: A001 - the session's name on the command line
+    """bench kernels --compile for one architecture (default sm_90) into results/aot-<arch>/."""
+    _install(session, "dev")
+    arch = session.posargs[0] if session.posargs else "sm_90"
+    session.run("python", "-m", "bench", "kernels", "--compile", "--arch", arch, "--out",
+                f"results/aot-{arch.replace('_', '')}", env={"TRITON_INTERPRET": "0", "PYTHONUNBUFFERED": "1"})

@@ -22,10 +22,10 @@ direction:
 Status per launch: ``ok``; ``compile_error`` (the compiler raised); ``too_many_resources`` (compiles, would not
 launch); ``error`` (the launcher itself raised). Spills do not fail a row; the report lists them.
 
-Limits: relies on two private JIT helpers (``create_function_from_signature``, ``_pack_args``) present in Triton
-3.3-3.8; an unsupported Triton fails the whole check with one line. Compilation needs no GPU and no CUDA driver;
-ptxas ships inside the Triton wheel. Register counts are ptxas's for the recorded specialization (a real launch with
-differently aligned pointers may specialize differently).
+Limits: relies on two private JIT helpers (``create_function_from_signature``, ``_pack_args``) that Triton 3.6 and
+3.8 (the versions checked) share; another Triton may fail the whole check with one line. Compilation needs no GPU and
+no CUDA driver; ptxas ships inside the Triton wheel. Register counts are ptxas's for the recorded specialization (a
+real launch with differently aligned pointers may specialize differently).
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def require_aot() -> None:
             from None
     if not hasattr(JITFunction, "_pack_args"):
         raise AotUnavailableError(f"this Triton ({_triton_version()}) has no JITFunction._pack_args; --compile "
-                                  "supports Triton 3.3-3.8")
+                                  "was checked with Triton 3.6 and 3.8")
 
 
 def _triton_version() -> str:
@@ -244,8 +244,12 @@ def compile_launch(launch: Launch, arch: GpuArch) -> dict[str, Any]:
 
     target = GPUTarget("cuda", arch.capability, 32)
     backend = make_backend(target)
-    signature, constexprs, attrs, options = _specialize(launch, backend)
     fn = launch.fn
+    try:
+        signature, constexprs, attrs, options = _specialize(launch, backend)
+    except Exception as e:  # a Triton whose private binder differs, or arguments the JIT itself would reject
+        return {"triton_kernel": fn.__name__, "status": "error",
+                "message": f"specializing as the JIT would failed ({_triton_version()}): {type(e).__name__}: {e}"[:300]}
     key = repr((fn.cache_key, arch.name, sorted(signature.items()), sorted(constexprs.items(), key=repr),
                 sorted(attrs.items(), key=repr), sorted(options.__dict__.items(), key=repr)))
     base = {"triton_kernel": fn.__name__, "num_warps": options.num_warps, "num_stages": options.num_stages,

@@ -59,7 +59,7 @@ def test_emulation_refuses_the_interpreter() -> None:
 
 def test_checker_on_known_outcomes_sm90() -> None:
     out = _probe("sm_90")
-    assert out["n_launches"] == 4  # recorded, none run
+    assert out["n_launches"] == 5  # recorded, none run
     rows = out["rows"]
     ok = rows["copy_kernel:-"]
     assert ok["status"] == "ok" and ok["regs"] > 0 and ok["num_warps"] == 4 and ok["occupancy_pct"] > 0
@@ -70,6 +70,8 @@ def test_checker_on_known_outcomes_sm90() -> None:
     hog = rows["smem_hog_kernel:5"]  # five stages of two 32 KB tiles
     assert hog["status"] == "too_many_resources" and hog["smem_bytes"] > ARCHS["sm_90"].smem_per_block
     assert f"> {ARCHS['sm_90'].smem_per_block} B per block" in hog["message"] and hog["blocks_per_sm"] == 0
+    odd = rows["copy_kernel:bad_arg"]  # the binder's own refusal becomes a row, not a traceback
+    assert odd["status"] == "error" and "specializing as the JIT would failed" in odd["message"]
 
 
 def test_checker_uses_the_target_limits_sm89() -> None:
