@@ -127,6 +127,15 @@ def precision(cfg: Config) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = old_cudnn
 
 
+def _compiled_graphs() -> int:
+    """Graphs torch._dynamo has compiled in this process (its own counter)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+class CompileFellBack(RuntimeError):
+    """``backend=compile`` ran without torch.compile compiling a graph: the row would be an eager figure."""
+
+
 def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Build the model and a zero-arg ``step`` closure for ``cfg``; returns it with facts for the row."""
     import models
@@ -156,6 +165,12 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
     if cfg.channels_last:
         batch.inputs = tuple(x.contiguous(memory_format=torch.channels_last)
                              if isinstance(x, torch.Tensor) and x.dim() == 4 else x for x in batch.inputs)
+    if cfg.backend == "compile":
+        # Each config compiles as in a fresh process. Without this, every config of one model class adds to the same
+        # code object's recompile count: past torch._dynamo's recompile limit (8) the model silently runs eagerly,
+        # and a second batch size inherits a dynamic-shape graph instead of its own static one.
+        torch._dynamo.reset()
+        facts["_graphs_before"] = _compiled_graphs()
     run_model = torch.compile(model) if cfg.backend == "compile" else model
     facts["precision_note"] = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmul/conv",
                                "fp16": "autocast fp16", "bf16": "autocast bf16"}[cfg.dtype]
@@ -225,6 +240,9 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             t = time_fn(step, device, threads=torch.get_num_threads(), warmup_s=opts.warmup_s,
                         min_time_s=opts.min_time_s, min_samples=opts.min_samples)
             samples = t.samples_ms
+            if cfg.backend == "compile" and _compiled_graphs() == facts["_graphs_before"]:
+                raise CompileFellBack("torch.compile compiled no graph for this config (dynamo ran the model "
+                                      "eagerly); the timing would be eager's")
             mem = measure_peak_memory(step, device)
             if opts.profile_dir:
                 from .profile import profile_config

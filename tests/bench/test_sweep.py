@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -208,3 +209,48 @@ def test_resume_repairs_a_torn_samples_line(tmp_path: Path, fakes: None) -> None
     records = read_jsonl(samples)  # raises on a broken line
     assert [r["batch_size"] for r in records] == [1, 2]
     assert len(read_results(csv)) == 2
+
+
+def _counting_compile(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """Make ``torch.compile`` use a cheap backend that records each graph's example inputs (no inductor)."""
+    import torch
+
+    graphs: list[list[Any]] = []
+    real_compile = torch.compile
+
+    def backend(gm: Any, example_inputs: list[Any]) -> Any:
+        graphs.append(list(example_inputs))
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=backend))
+    return graphs
+
+
+def test_every_compile_config_compiles_its_own_static_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten compile configs of one model: each compiles its own graph with a concrete batch size. Without a dynamo
+    reset per config, the 9th and 10th hit torch._dynamo's recompile limit (8) and ran eagerly as "ok" compile rows
+    (measured before the fix), and later batch sizes could inherit a dynamic-shape graph."""
+    from bench.runner import measure
+
+    graphs = _counting_compile(monkeypatch)
+    opts = RunOptions(warmup_s=0.0, min_time_s=0.01, min_samples=3, count_flops=False, threads=1)
+    for bs in range(1, 11):
+        before = len(graphs)
+        row, _ = measure(Config("basic_cnn", "compile", "infer", "cpu", "fp32", bs), opts)
+        assert row["status"] == "ok", row["error"]
+        new = graphs[before:]
+        assert len(new) >= 1, f"batch {bs}: no graph compiled"
+        batch_dims = [t.shape[0] for g in new for t in g if hasattr(t, "shape") and t.dim() == 4 and t.shape[1] == 3
+                      and t.shape[0] != 32]  # the input [bs, 3, H, W], not the [32, 3, 3, 3] conv weight
+        assert batch_dims and all(isinstance(d, int) and d == bs for d in batch_dims), (bs, batch_dims)
+
+
+def test_a_compile_that_compiles_nothing_is_an_error_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from bench.runner import measure
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # "compiles" to the eager model
+    row, _ = measure(Config("basic_cnn", "compile", "infer", "cpu", "fp32", 1),
+                     RunOptions(warmup_s=0.0, min_time_s=0.01, min_samples=3, count_flops=False, threads=1))
+    assert row["status"] == "error" and "compiled no graph" in row["error"]
