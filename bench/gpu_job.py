@@ -20,6 +20,11 @@ Steps, all written under ``OUT_DIR`` and bounded by one wall-clock budget (defau
 Without fvcore (not on every GPU image) the GMACs column stays empty and says why; without nox, call this module
 directly. With no CUDA device it exits 1 after one sentence saying so (``--dry-run`` works anywhere: it lists the
 configs and checks the imports).
+
+``--preflight [--arch sm_90]`` runs on a machine *without* a GPU (``TRITON_INTERPRET`` unset): every Triton launch
+this job would make — the kernel cases at their real shapes, and each ``triton``-backend model config end to end at
+its batch size — is recorded and compiled for the architecture (:mod:`bench.kernelbench.aot`), into
+``OUT/kernels_compile.csv`` and ``OUT/report.md``; exit 1 if one would not compile or launch.
 """
 
 from __future__ import annotations
@@ -65,11 +70,46 @@ def _kernel_budgets(total_s: float) -> tuple[float, float]:
     return 0.15 * total_s, 0.40 * total_s
 
 
+def preflight(configs: list, out: Path, arch: str) -> int:
+    """Compile this job's Triton launches for ``arch`` without a GPU: kernel cases, then triton-backend models."""
+    from bench.io import RowWriter
+    from bench.kernelbench.aot import AOT_COLUMNS, ARCHS, compile_model_case, summarize
+    from bench.kernelbench.cli import COMPILE_CSV
+    from bench.kernelbench.cli import run as kernels_run
+    from bench.report import write_report
+
+    code = kernels_run(["--compile", "--arch", arch, "--real-shapes", "--dtypes", "fp32", "fp16", "bf16",
+                        "--out", str(out)])
+    if code == 2:  # bad input (e.g. TRITON_INTERPRET=1): already said in one line
+        return 2
+    from bench.env import collect_env, env_columns
+
+    env = env_columns(collect_env(sys.argv), "cpu")
+    writer = RowWriter(out / COMPILE_CSV, AOT_COLUMNS + list(env))  # appends to the kernel cases' file
+    rows = []
+    triton_cfgs = [c for c in configs if c.backend == "triton"]
+    for i, c in enumerate(triton_cfgs, 1):
+        case_rows = compile_model_case(c.model, c.batch_size, c.dtype, c.mode, ARCHS[arch])
+        for r in case_rows:
+            writer.append({**r, **env})
+        rows += case_rows
+        print(f"[{i}/{len(triton_cfgs)}] {c.model} b{c.batch_size} {c.dtype} {c.mode}: "
+              f"{len(case_rows)} launch(es), {sum(r['status'] == 'ok' for r in case_rows)} ok", file=sys.stderr)
+    write_report(out)
+    counts = summarize(rows)
+    print("triton-backend model configs: " + " · ".join(f"{k}: {v}" for k, v in counts.items()))
+    bad = any(r["status"] in ("compile_error", "too_many_resources", "error") for r in rows)
+    return max(code, 1 if bad else 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_job", description=__doc__.splitlines()[0])
     p.add_argument("out", nargs="?", default="results/gpu")
     p.add_argument("--budget-s", type=float, default=450.0, help="wall-clock budget for the whole job")
     p.add_argument("--dry-run", action="store_true", help="list configs, check imports, measure nothing")
+    p.add_argument("--preflight", action="store_true",
+                   help="no GPU needed: compile every Triton launch this job would make for --arch (see the doc)")
+    p.add_argument("--arch", default="sm_90", help="--preflight target (sm_80, sm_89, sm_90)")
     args = p.parse_args(argv)
     t_start = time.monotonic()
     try:  # nox's bench-gpu runs in whatever interpreter is current: say plainly if it has no torch
@@ -79,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     configs = model_configs()
+    if args.preflight:
+        return preflight(configs, Path(args.out), args.arch)
     if args.dry_run:
         from bench.dryrun import dry_run
         from kernels import list_kernels

@@ -48,7 +48,7 @@ from kernels.registry import KernelSpec
 from .check import _differentiable, _named_outputs, dtype_name
 
 __all__ = ["ARCHS", "AOT_COLUMNS", "GpuArch", "Launch", "record_launches", "compile_launch", "compile_case",
-           "occupancy", "AotUnavailableError"]
+           "compile_model_case", "occupancy", "AotUnavailableError"]
 
 
 @dataclass(frozen=True)
@@ -313,17 +313,53 @@ def compile_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dt
                 case = launches[n_forward:]
     except Exception as e:  # the launcher raised before or while launching
         return [{**base, "launch": 0, "status": "error", "message": f"{type(e).__name__}: {str(e)[:300]}"}]
+    return _launch_rows(base, case, arch)
+
+
+def _launch_rows(base: dict[str, Any], case: Sequence[Launch], arch: GpuArch,
+                 kernel_of: bool = False) -> list[dict[str, Any]]:
+    """Compile each recorded launch; ``kernel_of`` names each row's kernel after the launch's package."""
     if not case:
         return [{**base, "launch": 0, "status": "error", "message": "no Triton kernel was launched"}]
     rows = []
     for i, launch in enumerate(case):
         row = {**base, "launch": i, **compile_launch(launch, arch)}
+        if kernel_of:  # kernels.<name>.kernel -> <name>
+            parts = str(launch.fn.__module__).split(".")
+            row["kernel"] = parts[1] if len(parts) > 2 and parts[0] == "kernels" else parts[-1]
         progs = _programs(launch.grid)
         row["programs"] = progs
         if progs is not None and row.get("blocks_per_sm"):
             row["waves"] = progs / (row["blocks_per_sm"] * arch.sm_count)
         rows.append(row)
     return rows
+
+
+def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch: GpuArch) -> list[dict[str, Any]]:
+    """One row per Triton launch that ``model`` makes end to end with every kernel switched in — what
+    ``run --backends triton --modes MODE`` launches on a GPU, at the model's own shapes (the registry's named shapes
+    may not cover them: another batch size changes windows per program, splits and grids).
+
+    The model's step (forward for ``infer``; forward, backward and optimizer step for ``train``) runs on the CPU
+    under :func:`record_launches`; kernel outputs are zero-filled (:class:`kernels._triton.poison_outputs`), so the
+    layers after a recorded kernel see finite values and later kernels get launched as they would be.
+    """
+    from bench.config import Config
+    from bench.runner import Unsupported, build_step
+    from kernels._triton import poison_outputs
+
+    base = {"kernel": "", "shape": f"{model}_b{batch_size}", "dtype": dtype, "direction": mode, "arch": arch.name,
+            "triton_version": _triton_version()}
+    try:
+        with record_launches(arch.sm_count) as launches, poison_outputs(0.0):
+            step, _ = build_step(Config(model, "triton", mode, "cpu", dtype, batch_size, False, "all"))
+            step()
+            case = list(launches)
+    except Unsupported as e:
+        return [{**base, "launch": 0, "status": "unsupported", "message": str(e)[:300]}]
+    except Exception as e:  # the model or a launcher raised before or while launching
+        return [{**base, "launch": 0, "status": "error", "message": f"{type(e).__name__}: {str(e)[:300]}"}]
+    return _launch_rows(base, case, arch, kernel_of=True)
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:

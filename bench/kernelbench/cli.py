@@ -62,6 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compile every kernel variant a CUDA run would launch for --arch, without a GPU: registers, "
                         "spills, shared memory, occupancy (exit 1 if one does not compile or would not launch)")
     p.add_argument("--arch", default="sm_90", help="--compile target: sm_80 sm_89 sm_90 (default sm_90)")
+    p.add_argument("--models", nargs="+", metavar="MODEL",
+                   help="with --compile: the launches these models make end to end with their kernels switched in "
+                        "(what `run --backends triton` launches), instead of the kernels' named shapes")
+    p.add_argument("--batch-sizes", nargs="+", type=int, metavar="N", help="with --models (default 1)")
+    p.add_argument("--modes", nargs="+", metavar="MODE", help="with --models: infer train (default infer)")
     p.add_argument("--kernels", nargs="+", metavar="NAME", help="default: every registered kernel")
     p.add_argument("--shapes", nargs="+", metavar="NAME", help="named shapes (default: all of the chosen set)")
     p.add_argument("--dtypes", nargs="+", metavar="DTYPE",
@@ -105,6 +110,20 @@ class _Plan:
                                 "of running them")
         from .aot import ARCHS
 
+        self.models: list[str] | None = getattr(args, "models", None)
+        if self.models:
+            import models
+
+            if not self.compile:
+                raise BadInputError("--models works with --compile (model sweeps are `python -m bench run`)")
+            for m in self.models:
+                validate_choice("model", m, models.list_models())
+        self.batch_sizes = list(dict.fromkeys(getattr(args, "batch_sizes", None) or [1]))
+        if any(b < 1 for b in self.batch_sizes):
+            raise BadInputError(f"--batch-sizes must be positive, got {self.batch_sizes}")
+        self.modes = list(dict.fromkeys(getattr(args, "modes", None) or ["infer"]))
+        for m in self.modes:
+            validate_choice("mode", m, ["infer", "train"])
         arch = getattr(args, "arch", None) or "sm_90"
         validate_choice("arch", arch, list(ARCHS))
         self.arch = ARCHS[arch]
@@ -176,8 +195,10 @@ class _Plan:
         for n in names or ():
             validate_choice("dtype", n, list(DTYPES))
         pick = lambda default: [DTYPES[n] for n in dict.fromkeys(names or default)]  # noqa: E731
+        if names and self.models and "fp64" in names:
+            raise BadInputError("--models runs the model's own dtypes: fp32 fp16 bf16 (fp64 is a kernel-only dtype)")
         return {"check": pick(DEFAULT_CHECK_DTYPES), "bench": pick(DEFAULT_BENCH_DTYPES),
-                "compile": pick(DEFAULT_CHECK_DTYPES)}
+                "compile": pick(DEFAULT_CHECK_DTYPES), "compile_models": pick(("bf16", "fp32"))}
 
 
 # --- output -------------------------------------------------------------------------------------------------------
@@ -266,7 +287,8 @@ class _Budget:
         self.mode = mode
         self.skipped = 0
 
-    def spent(self, case: Case, remaining: int) -> bool:
+    def spent(self, label: str, remaining: int) -> bool:
+        """True (and the case's label listed) once the budget is spent."""
         if self.deadline is None or time.monotonic() < self.deadline:
             return False
         if self.skipped == 0:
@@ -274,9 +296,8 @@ class _Budget:
                              + (f", listed in {self.path}" if self.path else "") + "\n")
         self.skipped += 1
         if self.path is not None:
-            spec, shape_name, _, dtype, direction = case
             with self.path.open("a") as f:
-                f.write(f"{self.mode} {spec.name} {shape_name} {dtype_name(dtype)} {direction}\n")
+                f.write(f"{self.mode} {label}\n")
         return True
 
 
@@ -293,23 +314,27 @@ def _clear_skipped(plan: _Plan) -> None:
         path.unlink()
 
 
-def _each_case(cases: Sequence[Case], writer: RowWriter | None, env: dict[str, Any],
+def _label(case: Case) -> str:
+    spec, shape_name, _, dtype, direction = case
+    return f"{spec.name} {shape_name} {dtype_name(dtype)} {direction}"
+
+
+def _each_case(cases: Sequence[Any], writer: RowWriter | None, env: dict[str, Any],
                run_case: Callable[..., list[dict[str, Any]]],
-               describe: Callable[[Case, list[dict[str, Any]]], str], budget: _Budget) -> list[dict[str, Any]]:
+               describe: Callable[[Any, list[dict[str, Any]]], str], budget: _Budget,
+               label: Callable[[Any], str] = _label) -> list[dict[str, Any]]:
     """Run every case (until the budget is spent), append its rows with the environment columns as they come, and
     print a progress line each."""
     rows: list[dict[str, Any]] = []
     for i, case in enumerate(cases, 1):
-        if budget.spent(case, len(cases) - i + 1):
+        if budget.spent(label(case), len(cases) - i + 1):
             continue
         case_rows = run_case(*case)
         for r in case_rows:
             if writer is not None:
                 writer.append({**r, **env})
         rows.extend(case_rows)
-        spec, shape_name, _, dtype, direction = case
-        sys.stderr.write(f"[{i}/{len(cases)}] {spec.name} {shape_name} {dtype_name(dtype)} {direction}: "
-                         f"{describe(case, case_rows)}\n")
+        sys.stderr.write(f"[{i}/{len(cases)}] {label(case)}: {describe(case, case_rows)}\n")
     return rows
 
 
@@ -363,7 +388,7 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     budget = _Budget(plan, "bench")
     for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
         provs = [p for p in provider_names(spec) if plan.providers is None or p in plan.providers]
-        if not provs or budget.spent(cases[i - 1], len(cases) - i + 1):
+        if not provs or budget.spent(_label(cases[i - 1]), len(cases) - i + 1):
             continue
         if dead:
             case_rows = [{"kernel": spec.name, "shape": shape_name, "dtype": dtype_name(dtype), "direction": direction,
@@ -384,14 +409,28 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
 
 
 def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
-    from .aot import AOT_COLUMNS, compile_case, print_compile_table, summarize
+    from collections import Counter
+
+    from .aot import AOT_COLUMNS, compile_case, compile_model_case, print_compile_table, summarize
 
     env_cols, env = _env_columns("cpu")
     writer = _fresh_writer(plan, COMPILE_CSV, AOT_COLUMNS + env_cols)
-    cases = plan.cases("compile")
-    rows = _each_case(cases, writer, env, lambda *c: compile_case(*c, plan.arch, plan.seed),
-                      lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs),
-                      _Budget(plan, "compile"))
+    budget = _Budget(plan, "compile")
+    if plan.models:
+        dtypes = [dtype_name(d) for d in plan.dtypes["compile_models"]]
+        cases = [(m, b, dt, mode) for m in plan.models for b in plan.batch_sizes for dt in dtypes
+                 for mode in plan.modes]
+
+        def count(_: Any, rs: list[dict[str, Any]]) -> str:
+            seen = Counter((r.get("triton_kernel", "-"), r["status"]) for r in rs)
+            return ", ".join(f"{n}× {k} {st}" for (k, st), n in seen.items())
+
+        rows = _each_case(cases, writer, env, lambda *c: compile_model_case(*c, plan.arch), count, budget,
+                          label=lambda c: f"{c[0]} b{c[1]} {c[2]} {c[3]}")
+    else:
+        rows = _each_case(plan.cases("compile"), writer, env, lambda *c: compile_case(*c, plan.arch, plan.seed),
+                          lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs),
+                          budget)
     console = _console()
     print_compile_table(rows, plan.arch, console)
     _print_counts(console, summarize(rows), plan.out / COMPILE_CSV if plan.out else None)

@@ -31,3 +31,10 @@ def test_without_cuda_one_sentence_and_nonzero(capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err.strip()
     assert err == "bench-gpu needs a CUDA device, and torch.cuda.is_available() is False on this machine."
     assert not (tmp_path / "out").exists()
+
+
+def test_preflight_needs_the_interpreter_off(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    """--preflight drives Triton's JIT; under TRITON_INTERPRET=1 (this test process) it refuses in one line."""
+    assert main([str(tmp_path / "pf"), "--preflight"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TRITON_INTERPRET unset" in err[0]

@@ -129,10 +129,34 @@ def test_fp64_window_attention_fits_an_sm89_block(tmp_path: Path) -> None:
     assert (df["status"] == "ok").all() and (df["smem_bytes"] <= ARCHS["sm_89"].smem_per_block).all()
 
 
+def test_models_end_to_end_launches_compile_for_sm90(tmp_path: Path) -> None:
+    """``--compile --models``: what ``run --backends triton`` launches inside each model, at the model's own batch
+    size, recorded through a real forward/backward on the CPU and compiled for sm_90."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "kernels", "--compile", "--models", "swin_t",
+                           "efficientnet_b0", "fasterrcnn_resnet50_fpn", "resnet18", "--batch-sizes", "2",
+                           "--dtypes", "bf16", "--modes", "infer", "train", "--out", str(tmp_path)], cwd=REPO,
+                          env=_no_interp_env(), capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "kernels_compile.csv")
+    per = df.groupby(["shape", "direction", "kernel", "triton_kernel"]).size().to_dict()
+    assert per[("swin_t_b2", "infer", "window_attention", "_wattn_fwd_kernel")] == 12  # one per Swin-T block
+    assert per[("swin_t_b2", "train", "window_attention", "_wattn_bwd_rows_kernel")] == 12
+    assert per[("efficientnet_b0_b2", "infer", "depthwise_conv", "_dw_conv_planar_kernel")] == 16  # B0's dw convs
+    assert per[("fasterrcnn_resnet50_fpn_b2", "infer", "roi_align", "_roi_align_fwd_kernel")] == 1  # all levels at once
+    assert per[("fasterrcnn_resnet50_fpn_b2", "train", "roi_align", "_roi_align_bwd_kernel")] == 1
+    ok = df[df["shape"] != "resnet18_b2"]
+    assert (ok["status"] == "ok").all(), ok[ok["status"] != "ok"][["shape", "message"]]
+    assert set(df[df["shape"] == "resnet18_b2"]["status"]) == {"unsupported"}  # no hot path
+
+
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--compile"], "TRITON_INTERPRET unset"),
     (["--compile", "--check"], "--compile runs alone"),
     (["--compile", "--arch", "sm_75"], "valid: sm_80, sm_89, sm_90"),
+    (["--check", "--models", "swin_t"], "--models works with --compile"),
+    (["--compile", "--models", "swin_tt"], "unknown model 'swin_tt'"),
+    (["--compile", "--models", "swin_t", "--dtypes", "fp64"], "fp64 is a kernel-only dtype"),
+    (["--compile", "--models", "swin_t", "--modes", "eval"], "unknown mode 'eval'"),
 ])
 def test_compile_bad_input_exits_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert kernels_cli(argv) == 2
