@@ -45,7 +45,7 @@ import torch
 from kernels._triton import emulate_gpu
 from kernels.registry import KernelSpec
 
-from .check import _differentiable, _named_outputs, dtype_name
+from .check import _differentiable, dtype_name, grad_forward
 
 __all__ = ["ARCHS", "AOT_COLUMNS", "GpuArch", "Launch", "record_launches", "compile_launch", "compile_case",
            "compile_model_case", "occupancy", "AotUnavailableError"]
@@ -288,28 +288,22 @@ def compile_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dt
             "arch": arch.name, "triton_version": _triton_version()}
     if dtype not in spec.dtypes and dtype != torch.float64:
         return [{**base, "launch": 0, "status": "unsupported", "message": f"{base['dtype']} is not in spec.dtypes"}]
-    grad_idx: list[int] = []
     try:
         inputs = spec.make_inputs(shape, dtype, "cpu", seed)
         args, kwargs = list(inputs.args), dict(inputs.kwargs)
-        if direction == "backward":
-            grad_idx = _differentiable(inputs)
-            if not grad_idx:
-                return [{**base, "launch": 0, "status": "unsupported", "message": "no differentiable argument"}]
-            for i in grad_idx:
-                args[i] = args[i].detach().requires_grad_(True)
+        grad_idx = _differentiable(inputs)
+        if direction == "backward" and not grad_idx:
+            return [{**base, "launch": 0, "status": "unsupported", "message": "no differentiable argument"}]
         with record_launches(arch.sm_count) as launches:
             if direction == "forward":
                 with torch.no_grad():
                     spec.triton_fn(*args, **kwargs)
                 case = list(launches)
             else:
-                outs = [t for _, t in _named_outputs(spec.triton_fn(*args, **kwargs)) if t.requires_grad]
-                if not outs:
-                    raise RuntimeError("no output requires grad")
+                outs, leaves = grad_forward(spec.triton_fn, args, kwargs, grad_idx)
                 n_forward = len(launches)
-                torch.autograd.grad(outs, [args[i] for i in grad_idx],
-                                    grad_outputs=[torch.zeros_like(o) for o in outs], allow_unused=True)
+                torch.autograd.grad(outs, leaves, grad_outputs=[torch.zeros_like(o) for o in outs],
+                                    allow_unused=True)
                 case = launches[n_forward:]
     except Exception as e:  # the launcher raised before or while launching
         return [{**base, "launch": 0, "status": "error", "message": f"{type(e).__name__}: {str(e)[:300]}"}]

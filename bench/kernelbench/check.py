@@ -221,6 +221,18 @@ def _arg_names(fn: Callable[..., Any], n: int) -> list[str]:
     return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
 
 
+def grad_forward(fn: Callable[..., Any], args: list[Any], kwargs: Mapping[str, Any], grad_idx: Sequence[int]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Make ``args[i]`` (``i`` in ``grad_idx``) fresh autograd leaves in place, run ``fn`` once and return
+    ``(its outputs that require grad, the leaves)`` — the forward half of every backward case."""
+    for i in grad_idx:
+        args[i] = args[i].detach().requires_grad_(True)
+    outs = [t for _, t in _named_outputs(fn(*args, **kwargs)) if t.requires_grad]
+    if not outs:
+        raise RuntimeError("no output requires grad: the function is not differentiable in its grad_args")
+    return outs, [args[i] for i in grad_idx]
+
+
 def _differentiable(inputs: KernelInputs) -> list[int]:
     return [i for i in inputs.grad_args
             if isinstance(inputs.args[i], torch.Tensor) and inputs.args[i].is_floating_point()]

@@ -42,7 +42,7 @@ from bench.timing import summarize
 from kernels._triton import dispatch_path
 from kernels.registry import KernelSpec
 
-from .check import _differentiable, _named_outputs, count_triton_launches, dtype_name
+from .check import _differentiable, count_triton_launches, dtype_name, grad_forward
 from .peaks import DevicePeak
 
 __all__ = ["BENCH_COLUMNS", "BUILTIN_PROVIDERS", "bench_case", "provider_names", "add_speedups", "derive_metrics",
@@ -196,13 +196,7 @@ def _bench_provider(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, A
                 with torch.no_grad():
                     return fn(*args, **kwargs)
         else:
-            a = list(args)
-            for i in grad_idx:
-                a[i] = a[i].detach().requires_grad_(True)
-            leaves = [a[i] for i in grad_idx]
-            outs = [t for _, t in _named_outputs(fn(*a, **kwargs)) if t.requires_grad]
-            if not outs:
-                raise RuntimeError("no output requires grad: the provider is not differentiable")
+            outs, leaves = grad_forward(fn, list(args), kwargs, grad_idx)
             gen = torch.Generator(device=outs[0].device).manual_seed(seed + 1)
             gs = [torch.randn(o.shape, generator=gen, device=o.device, dtype=o.dtype) for o in outs]
 
