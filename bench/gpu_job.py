@@ -10,7 +10,7 @@ Steps, all written under ``OUT_DIR`` and bounded by one wall-clock budget (defau
    FlexAttention providers compile per case, several seconds each, so not every shape fits). Both interleave the
    kernels by (shape rank, dtype, direction) — every kernel's first real shape in bf16 forward, then backward, then
    the next dtype, before any kernel's second shape — and list the cases they had no time for in
-   ``kernels_skipped.txt``.
+   ``kernels_check_skipped.txt`` / ``kernels_bench_skipped.txt``.
 3. a model sweep -> ``results.csv``: every model at batch 1 and a throughput batch, fp32/tf32/bf16 eager; the
    ``triton`` backend for models with a kernel hot path; ``torch.compile`` for a few representative models only (a
    compile of every model would not fit the budget). Configs are ordered by priority and the sweep stops starting
@@ -153,8 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     skipped = (out / "skipped.txt").read_text().splitlines() if (out / "skipped.txt").exists() else []
     write_report(out)
     console.print(summary_table(done, title=f"GPU model sweep ({len(done)} configs, {len(skipped)} skipped for time)"))
-    kskip = out / "kernels_skipped.txt"
-    n_kskip = len(kskip.read_text().splitlines()) if kskip.exists() else 0
+    from bench.kernelbench.cli import skipped_file
+
+    n_kskip = sum(len((out / skipped_file(m)).read_text().splitlines()) for m in ("check", "bench")
+                  if (out / skipped_file(m)).exists())
     console.print(f"kernels --check exit {codes['check']}, kernels --bench exit {codes['bench']} ({n_kskip} kernel "
                   f"cases skipped for time); {time.monotonic() - t_start:.0f} s total; outputs in {out}")
     return max(codes.values())

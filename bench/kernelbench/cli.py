@@ -49,7 +49,6 @@ SAMPLES_JSONL = "kernels_samples.jsonl"
 DEFAULT_CHECK_DTYPES = ("fp32", "fp16", "bf16", "fp64")
 DEFAULT_BENCH_DTYPES = ("bf16", "fp16", "fp32")
 Case = tuple[Any, str, Any, torch.dtype, str]  # (spec, shape name, shape, dtype, direction)
-SKIPPED_TXT = "kernels_skipped.txt"
 NEEDS_CUDA = ("--bench needs a CUDA device and none is available here (torch.cuda.is_available() is False); "
               "run it on a GPU machine, or use --check on the CPU with TRITON_INTERPRET=1.")
 
@@ -85,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     p.add_argument("--budget-s", type=float, metavar="S",
                    help="wall-clock budget per mode: cases run in shape-rank order (every kernel's first shape "
-                        "first) and none starts after S seconds; the rest are listed in DIR/kernels_skipped.txt")
+                        "first) and none starts after S seconds; the rest are listed in DIR/kernels_<mode>_skipped.txt")
     p.add_argument("--warmup-ms", type=float, default=25.0, help="bench warm-up budget per provider (ms)")
     p.add_argument("--rep-ms", type=float, default=100.0, help="bench measurement budget per provider (ms)")
 
@@ -278,40 +277,21 @@ def _fresh_writer(plan: _Plan, name: str, columns: list[str], *also: str) -> Row
 # --- the modes ------------------------------------------------------------------------------------------------
 
 
-class _Budget:
-    """Stops a mode from starting cases after ``--budget-s``; lists the cases it never started."""
-
-    def __init__(self, plan: _Plan, mode: str) -> None:
-        self.deadline = time.monotonic() + plan.budget_s if plan.budget_s is not None else None
-        self.path = plan.out / SKIPPED_TXT if plan.out is not None else None
-        self.mode = mode
-        self.skipped = 0
-
-    def spent(self, label: str, remaining: int) -> bool:
-        """True (and the case's label listed) once the budget is spent."""
-        if self.deadline is None or time.monotonic() < self.deadline:
-            return False
-        if self.skipped == 0:
-            sys.stderr.write(f"--budget-s spent: {remaining} {self.mode} case(s) not started"
-                             + (f", listed in {self.path}" if self.path else "") + "\n")
-        self.skipped += 1
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(f"{self.mode} {label}\n")
-        return True
+def skipped_file(mode: str) -> str:
+    """``kernels_<mode>_skipped.txt``: the cases ``--budget-s`` left out (as the model sweep's ``skipped.txt``)."""
+    return f"kernels_{mode}_skipped.txt"
 
 
-def _clear_skipped(plan: _Plan) -> None:
-    """Drop an earlier run's skipped-case lines for the modes this run redoes (``gpu_job`` runs check, then bench)."""
-    path = plan.out / SKIPPED_TXT if plan.out is not None else None
-    if path is None or not path.exists():
-        return
-    modes = {m for m, on in (("check", plan.check), ("bench", plan.bench), ("compile", plan.compile)) if on}
-    keep = [line for line in path.read_text().splitlines() if line.split(" ", 1)[0] not in modes]
-    if keep:
-        path.write_text("\n".join(keep) + "\n")
-    else:
-        path.unlink()
+def _over_budget(plan: _Plan, mode: str, start: float, rest: Sequence[Any], label: Callable[[Any], str]) -> bool:
+    """True once ``--budget-s`` has passed since ``start``; then lists ``rest`` (the cases never started)."""
+    if plan.budget_s is None or time.monotonic() - start < plan.budget_s:
+        return False
+    path = plan.out / skipped_file(mode) if plan.out is not None else None
+    if path is not None:
+        path.write_text("".join(label(c) + "\n" for c in rest))
+    sys.stderr.write(f"--budget-s spent: {len(rest)} {mode} case(s) not started"
+                     + (f", listed in {path}" if path else "") + "\n")
+    return True
 
 
 def _label(case: Case) -> str:
@@ -321,14 +301,15 @@ def _label(case: Case) -> str:
 
 def _each_case(cases: Sequence[Any], writer: RowWriter | None, env: dict[str, Any],
                run_case: Callable[..., list[dict[str, Any]]],
-               describe: Callable[[Any, list[dict[str, Any]]], str], budget: _Budget,
+               describe: Callable[[Any, list[dict[str, Any]]], str], plan: _Plan, mode: str,
                label: Callable[[Any], str] = _label) -> list[dict[str, Any]]:
-    """Run every case (until the budget is spent), append its rows with the environment columns as they come, and
-    print a progress line each."""
+    """Run every case (until ``--budget-s`` is spent), append its rows with the environment columns as they come,
+    and print a progress line each."""
     rows: list[dict[str, Any]] = []
+    start = time.monotonic()
     for i, case in enumerate(cases, 1):
-        if budget.spent(label(case), len(cases) - i + 1):
-            continue
+        if _over_budget(plan, mode, start, cases[i - 1:], label):
+            break
         case_rows = run_case(*case)
         for r in case_rows:
             if writer is not None:
@@ -345,14 +326,14 @@ def _print_counts(console: Any, counts: dict[str, int], path: Path | None) -> No
 def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     cases = plan.cases("check")
     env_cols, env = _env_columns(plan.device)
-    writer = _fresh_writer(plan, CHECK_CSV, CHECK_COLUMNS + env_cols)
+    writer = _fresh_writer(plan, CHECK_CSV, CHECK_COLUMNS + env_cols, skipped_file("check"))
 
     def describe(case: Case, case_rows: list[dict[str, Any]]) -> str:
         worst = max((r["status"] for r in case_rows), key=["pass", "unsupported", "fail", "error"].index)
         return f"{worst} ({case_rows[0]['elapsed_s']:.1f}s)"
 
     rows = _each_case(cases, writer, env, lambda *c: check_case(*c, plan.device, plan.seed), describe,
-                      _Budget(plan, "check"))
+                      plan, "check")
     console = _console()
     print_check_table(rows, console)
     _print_counts(console, summarize_statuses(rows), plan.out / CHECK_CSV if plan.out else None)
@@ -381,14 +362,16 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     sys.stderr.write(f"device {peak.device_name}: peak {peak.gbps:.0f} GB/s ({peak.source}); "
                      f"measured copy {peak.copy_gbps or float('nan'):.0f} GB/s\n")
     env_cols, env = _env_columns(plan.device)
-    writer = _fresh_writer(plan, BENCH_CSV, BENCH_COLUMNS + env_cols, SAMPLES_JSONL)
+    writer = _fresh_writer(plan, BENCH_CSV, BENCH_COLUMNS + env_cols, SAMPLES_JSONL, skipped_file("bench"))
     rows: list[dict[str, Any]] = []
     cases = plan.cases("bench")
     dead = False
-    budget = _Budget(plan, "bench")
+    start = time.monotonic()
     for i, (spec, shape_name, shape, dtype, direction) in enumerate(cases, 1):
+        if _over_budget(plan, "bench", start, cases[i - 1:], _label):
+            break
         provs = [p for p in provider_names(spec) if plan.providers is None or p in plan.providers]
-        if not provs or budget.spent(_label(cases[i - 1]), len(cases) - i + 1):
+        if not provs:
             continue
         if dead:
             case_rows = [{"kernel": spec.name, "shape": shape_name, "dtype": dtype_name(dtype), "direction": direction,
@@ -414,8 +397,7 @@ def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     from .aot import AOT_COLUMNS, compile_case, compile_model_case, print_compile_table, summarize
 
     env_cols, env = _env_columns("cpu")
-    writer = _fresh_writer(plan, COMPILE_CSV, AOT_COLUMNS + env_cols)
-    budget = _Budget(plan, "compile")
+    writer = _fresh_writer(plan, COMPILE_CSV, AOT_COLUMNS + env_cols, skipped_file("compile"))
     if plan.models:
         dtypes = [dtype_name(d) for d in plan.dtypes["compile_models"]]
         cases = [(m, b, dt, mode) for m in plan.models for b in plan.batch_sizes for dt in dtypes
@@ -425,12 +407,12 @@ def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
             seen = Counter((r.get("triton_kernel", "-"), r["status"]) for r in rs)
             return ", ".join(f"{n}× {k} {st}" for (k, st), n in seen.items())
 
-        rows = _each_case(cases, writer, env, lambda *c: compile_model_case(*c, plan.arch), count, budget,
+        rows = _each_case(cases, writer, env, lambda *c: compile_model_case(*c, plan.arch), count, plan, "compile",
                           label=lambda c: f"{c[0]} b{c[1]} {c[2]} {c[3]}")
     else:
         rows = _each_case(plan.cases("compile"), writer, env, lambda *c: compile_case(*c, plan.arch, plan.seed),
                           lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs),
-                          budget)
+                          plan, "compile")
     console = _console()
     print_compile_table(rows, plan.arch, console)
     _print_counts(console, summarize(rows), plan.out / COMPILE_CSV if plan.out else None)
@@ -453,7 +435,6 @@ def main(args: argparse.Namespace) -> int:
 
         plan.out.mkdir(parents=True, exist_ok=True)
         (plan.out / "env.json").write_text(json.dumps(collect_env(sys.argv), indent=2) + "\n")
-    _clear_skipped(plan)
     if plan.check:
         code = max(code, run_check(plan)[0])
     if plan.bench:

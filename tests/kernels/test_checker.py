@@ -340,22 +340,21 @@ def test_cli_budget_stops_starting_cases_and_lists_the_rest(registered: Any, tmp
     # A budget spent before the first case: nothing runs, every case is listed, nothing is reported as measured.
     assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--out", str(tmp_path), "--budget-s",
                     "1e-9"]) == 0
-    listed = (tmp_path / cli.SKIPPED_TXT).read_text().splitlines()
-    assert listed == [f"check {name} odd fp32 forward", f"check {name} odd fp32 backward",
-                      f"check {name} square fp32 forward", f"check {name} square fp32 backward"]
+    listed = (tmp_path / cli.skipped_file("check")).read_text().splitlines()
+    assert listed == [f"{name} odd fp32 forward", f"{name} odd fp32 backward", f"{name} square fp32 forward",
+                      f"{name} square fp32 backward"]
     assert "--budget-s spent: 4 check case(s) not started" in capsys.readouterr().err
     from bench.io import read_results
 
     assert len(read_results(tmp_path / cli.CHECK_CSV, strict=False)) == 0
-    # A budget that suffices: every case runs and the list from the earlier run is gone.
+    # A budget that suffices: every case runs and the list from the earlier run is gone; another mode's list stays
+    # (gpu_job runs --check, then --bench, into one folder).
+    (tmp_path / cli.skipped_file("bench")).write_text("k s bf16 forward\n")
     assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--out", str(tmp_path), "--budget-s",
                     "600"]) == 0
-    assert not (tmp_path / cli.SKIPPED_TXT).exists()
+    assert not (tmp_path / cli.skipped_file("check")).exists()
     assert len(read_results(tmp_path / cli.CHECK_CSV)) == 8
-    # A later mode keeps another mode's list (gpu_job runs --check, then --bench, into one folder).
-    (tmp_path / cli.SKIPPED_TXT).write_text("bench k s bf16 forward\ncheck k s bf16 forward\n")
-    assert cli.run(["--check", "--kernels", name, "--dtypes", "fp32", "--out", str(tmp_path)]) == 0
-    assert (tmp_path / cli.SKIPPED_TXT).read_text() == "bench k s bf16 forward\n"
+    assert (tmp_path / cli.skipped_file("bench")).read_text() == "k s bf16 forward\n"
     assert cli.run(["--check", "--kernels", name, "--budget-s", "0"]) == 2
     assert "--budget-s must be a positive number" in capsys.readouterr().err
 
