@@ -73,8 +73,8 @@ def _kernel_budgets(total_s: float) -> tuple[float, float]:
 def preflight(configs: list, out: Path, arch: str) -> int:
     """Compile this job's Triton launches for ``arch`` without a GPU: kernel cases, then triton-backend models."""
     from bench.io import RowWriter
-    from bench.kernelbench.aot import AOT_COLUMNS, ARCHS, compile_model_case, summarize
-    from bench.kernelbench.cli import COMPILE_CSV
+    from bench.kernelbench.aot import AOT_COLUMNS, AOT_FAILURES, ARCHS, summarize
+    from bench.kernelbench.cli import COMPILE_CSV, compile_model_cases, env_row_columns
     from bench.kernelbench.cli import run as kernels_run
     from bench.report import write_report
 
@@ -82,24 +82,14 @@ def preflight(configs: list, out: Path, arch: str) -> int:
                         "--out", str(out)])
     if code == 2:  # bad input (e.g. TRITON_INTERPRET=1): already said in one line
         return 2
-    from bench.env import collect_env, env_columns
-
-    env = env_columns(collect_env(sys.argv), "cpu")
-    writer = RowWriter(out / COMPILE_CSV, AOT_COLUMNS + list(env))  # appends to the kernel cases' file
-    rows = []
-    triton_cfgs = [c for c in configs if c.backend == "triton"]
-    for i, c in enumerate(triton_cfgs, 1):
-        case_rows = compile_model_case(c.model, c.batch_size, c.dtype, c.mode, ARCHS[arch])
-        for r in case_rows:
-            writer.append({**r, **env})
-        rows += case_rows
-        print(f"[{i}/{len(triton_cfgs)}] {c.model} b{c.batch_size} {c.dtype} {c.mode}: "
-              f"{len(case_rows)} launch(es), {sum(r['status'] == 'ok' for r in case_rows)} ok", file=sys.stderr)
+    env_cols, env = env_row_columns("cpu")
+    writer = RowWriter(out / COMPILE_CSV, AOT_COLUMNS + env_cols)  # appends to the kernel cases' file
+    cases = [(c.model, c.batch_size, c.dtype, c.mode) for c in configs if c.backend == "triton"]
+    rows = compile_model_cases(cases, ARCHS[arch], writer, env)
     write_report(out)
     counts = summarize(rows)
     print("triton-backend model configs: " + " · ".join(f"{k}: {v}" for k, v in counts.items()))
-    bad = any(r["status"] in ("compile_error", "too_many_resources", "error") for r in rows)
-    return max(code, 1 if bad else 0)
+    return max(code, 1 if any(r["status"] in AOT_FAILURES for r in rows) else 0)
 
 
 def main(argv: list[str] | None = None) -> int:

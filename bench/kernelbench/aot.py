@@ -45,7 +45,7 @@ import torch
 from kernels._triton import emulate_gpu
 from kernels.registry import KernelSpec
 
-from .check import _differentiable, dtype_name, grad_forward
+from .check import _differentiable, dtype_name, grad_forward, summarize_statuses
 
 __all__ = ["ARCHS", "AOT_COLUMNS", "GpuArch", "Launch", "record_launches", "compile_launch", "compile_case",
            "compile_model_case", "occupancy", "AotUnavailableError"]
@@ -356,10 +356,13 @@ def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch:
     return _launch_rows(base, case, arch, kernel_of=True)
 
 
+AOT_STATUSES = ("ok", "compile_error", "too_many_resources", "error", "unsupported")
+AOT_FAILURES = ("compile_error", "too_many_resources", "error")  # exit 1: a variant would not compile or launch
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    counts = {"ok": 0, "compile_error": 0, "too_many_resources": 0, "error": 0, "unsupported": 0}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    """Rows per status (:data:`AOT_STATUSES`), plus how many launches spill registers."""
+    counts = summarize_statuses(rows, AOT_STATUSES)
     counts["spilling"] = sum(1 for r in rows if (r.get("spill_store_bytes") or 0) > 0)
     return counts
 

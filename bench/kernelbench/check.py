@@ -454,8 +454,10 @@ def iter_cases(specs: Sequence[KernelSpec], dtypes: Sequence[torch.dtype], direc
         yield tuple(case)  # type: ignore[misc]
 
 
-def summarize_statuses(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    counts = {"pass": 0, "fail": 0, "error": 0, "unsupported": 0}
+def summarize_statuses(rows: Sequence[Mapping[str, Any]],
+                       statuses: Sequence[str] = ("pass", "fail", "error", "unsupported")) -> dict[str, int]:
+    """Rows per status: every one of ``statuses`` (0 if absent), then any other status seen."""
+    counts = dict.fromkeys(statuses, 0)
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return counts

@@ -258,7 +258,7 @@ def print_bench_table(rows: Sequence[dict[str, Any]], console: Any = None) -> No
     (console or _console()).print(t)
 
 
-def _env_columns(device: str) -> tuple[list[str], dict[str, Any]]:
+def env_row_columns(device: str) -> tuple[list[str], dict[str, Any]]:
     from bench.env import ENV_COLUMNS, collect_env, env_columns
 
     cols = env_columns(collect_env(sys.argv), device)
@@ -282,9 +282,10 @@ def skipped_file(mode: str) -> str:
     return f"kernels_{mode}_skipped.txt"
 
 
-def _over_budget(plan: _Plan, mode: str, start: float, rest: Sequence[Any], label: Callable[[Any], str]) -> bool:
+def _over_budget(plan: _Plan | None, mode: str, start: float, rest: Sequence[Any],
+                 label: Callable[[Any], str]) -> bool:
     """True once ``--budget-s`` has passed since ``start``; then lists ``rest`` (the cases never started)."""
-    if plan.budget_s is None or time.monotonic() - start < plan.budget_s:
+    if plan is None or plan.budget_s is None or time.monotonic() - start < plan.budget_s:
         return False
     path = plan.out / skipped_file(mode) if plan.out is not None else None
     if path is not None:
@@ -301,7 +302,7 @@ def _label(case: Case) -> str:
 
 def _each_case(cases: Sequence[Any], writer: RowWriter | None, env: dict[str, Any],
                run_case: Callable[..., list[dict[str, Any]]],
-               describe: Callable[[Any, list[dict[str, Any]]], str], plan: _Plan, mode: str,
+               describe: Callable[[Any, list[dict[str, Any]]], str], plan: _Plan | None, mode: str,
                label: Callable[[Any], str] = _label) -> list[dict[str, Any]]:
     """Run every case (until ``--budget-s`` is spent), append its rows with the environment columns as they come,
     and print a progress line each."""
@@ -325,7 +326,7 @@ def _print_counts(console: Any, counts: dict[str, int], path: Path | None) -> No
 
 def run_check(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     cases = plan.cases("check")
-    env_cols, env = _env_columns(plan.device)
+    env_cols, env = env_row_columns(plan.device)
     writer = _fresh_writer(plan, CHECK_CSV, CHECK_COLUMNS + env_cols, skipped_file("check"))
 
     def describe(case: Case, case_rows: list[dict[str, Any]]) -> str:
@@ -361,7 +362,7 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     peak = device_peak(plan.device)
     sys.stderr.write(f"device {peak.device_name}: peak {peak.gbps:.0f} GB/s ({peak.source}); "
                      f"measured copy {peak.copy_gbps or float('nan'):.0f} GB/s\n")
-    env_cols, env = _env_columns(plan.device)
+    env_cols, env = env_row_columns(plan.device)
     writer = _fresh_writer(plan, BENCH_CSV, BENCH_COLUMNS + env_cols, SAMPLES_JSONL, skipped_file("bench"))
     rows: list[dict[str, Any]] = []
     cases = plan.cases("bench")
@@ -391,24 +392,32 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     return (1 if bad else 0), rows
 
 
-def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
+def compile_model_cases(cases: Sequence[tuple[str, int, str, str]], arch: Any, writer: RowWriter | None,
+                        env: dict[str, Any], plan: _Plan | None = None) -> list[dict[str, Any]]:
+    """Compile what each ``(model, batch size, dtype, mode)`` launches end to end (``--compile --models`` and
+    ``gpu_job --preflight``), rows appended to ``writer`` as they come."""
     from collections import Counter
 
-    from .aot import AOT_COLUMNS, compile_case, compile_model_case, print_compile_table, summarize
+    from .aot import compile_model_case
 
-    env_cols, env = _env_columns("cpu")
+    def count(_: Any, rs: list[dict[str, Any]]) -> str:
+        seen = Counter((r.get("triton_kernel", "-"), r["status"]) for r in rs)
+        return ", ".join(f"{n}× {k} {st}" for (k, st), n in seen.items())
+
+    return _each_case(cases, writer, env, lambda *c: compile_model_case(*c, arch), count, plan, "compile",
+                      label=lambda c: f"{c[0]} b{c[1]} {c[2]} {c[3]}")
+
+
+def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
+    from .aot import AOT_COLUMNS, AOT_FAILURES, compile_case, print_compile_table, summarize
+
+    env_cols, env = env_row_columns("cpu")
     writer = _fresh_writer(plan, COMPILE_CSV, AOT_COLUMNS + env_cols, skipped_file("compile"))
     if plan.models:
         dtypes = [dtype_name(d) for d in plan.dtypes["compile_models"]]
         cases = [(m, b, dt, mode) for m in plan.models for b in plan.batch_sizes for dt in dtypes
                  for mode in plan.modes]
-
-        def count(_: Any, rs: list[dict[str, Any]]) -> str:
-            seen = Counter((r.get("triton_kernel", "-"), r["status"]) for r in rs)
-            return ", ".join(f"{n}× {k} {st}" for (k, st), n in seen.items())
-
-        rows = _each_case(cases, writer, env, lambda *c: compile_model_case(*c, plan.arch), count, plan, "compile",
-                          label=lambda c: f"{c[0]} b{c[1]} {c[2]} {c[3]}")
+        rows = compile_model_cases(cases, plan.arch, writer, env, plan)
     else:
         rows = _each_case(plan.cases("compile"), writer, env, lambda *c: compile_case(*c, plan.arch, plan.seed),
                           lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs),
@@ -416,8 +425,7 @@ def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
     console = _console()
     print_compile_table(rows, plan.arch, console)
     _print_counts(console, summarize(rows), plan.out / COMPILE_CSV if plan.out else None)
-    bad = [r for r in rows if r["status"] in ("compile_error", "too_many_resources", "error")]
-    return (1 if bad else 0), rows
+    return (1 if any(r["status"] in AOT_FAILURES for r in rows) else 0), rows
 
 
 def main(args: argparse.Namespace) -> int:
