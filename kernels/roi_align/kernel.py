@@ -128,6 +128,27 @@ if HAS_TRITON:
             v = u.to(tl.float32, bitcast=True)
         return v.to(ty)
 
+    @triton.jit
+    def _map_layout(base_ptr, meta_ptr, b, lvl, c, C, H, W, MULTI_LEVEL: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                    BASE_ALIGN: tl.constexpr):
+        """``(image base pointer, row stride, column stride, channel offsets [BLOCK_C])`` of ROI's map (image ``b``,
+        level ``lvl``) in elements. The base is a scalar 64-bit pointer; offsets inside the image stay int32 (the
+        launcher checks C*H*W < 2^31). The column (NCHW) or channel (channels_last) stride is the literal 1, so loads
+        coalesce; for several levels the level's first element comes from ``meta`` with an alignment hint that keeps
+        loads vectorized."""
+        if CHANNELS_LAST:
+            s_w = C
+            s_h = W * C
+            c_off = c
+        else:
+            s_w = 1
+            s_h = W
+            c_off = c * (H * W)
+        img = b.to(tl.int64) * C * H * W
+        if MULTI_LEVEL:
+            img += tl.multiple_of(tl.load(meta_ptr + lvl * 3), BASE_ALIGN)
+        return base_ptr + img, s_h, s_w, c_off
+
     @triton.jit(do_not_specialize=["sampling_ratio"])
     def _roi_align_fwd_kernel(
         x_ptr, rois_ptr, lvl_ptr, meta_ptr, scale_ptr, out_ptr,
@@ -149,19 +170,8 @@ if HAS_TRITON:
         pm = p < OH * OW
         ph = p // OW
         pw = p % OW
-        # Element strides of the map; the channel stride is the literal 1 for channels_last so loads coalesce.
-        if CHANNELS_LAST:
-            s_w = C
-            s_h = W * C
-            c_off = c
-        else:
-            s_w = 1
-            s_h = W
-            c_off = c * (H * W)
-        img = b.to(tl.int64) * C * H * W
-        if MULTI_LEVEL:  # level's first element relative to the level-0 pointer; the hint keeps loads vectorized
-            img += tl.multiple_of(tl.load(meta_ptr + lvl * 3), BASE_ALIGN)
-        x_img = x_ptr + img  # scalar 64-bit image base; int32 offsets inside the image (launcher checks C*H*W < 2^31)
+        x_img, s_h, s_w, c_off = _map_layout(x_ptr, meta_ptr, b, lvl, c, C, H, W, MULTI_LEVEL, CHANNELS_LAST,
+                                             BASE_ALIGN)
         gh_f = gh.to(ACC)
         gw_f = gw.to(ACC)
         y_base = y1 + ph.to(ACC) * bin_h  # [P]; torchvision's order: (start + p * bin) + ((i + .5) * bin) / grid
@@ -238,18 +248,8 @@ if HAS_TRITON:
         has = (gh > 0) & (gw > 0)
         r_hi = tl.where(has, r_hi, r_lo - 1)
         s_hi = tl.where(has, s_hi, s_lo - 1)
-        if CHANNELS_LAST:
-            s_w = C
-            s_h = W * C
-            c_off = c
-        else:
-            s_w = 1
-            s_h = W
-            c_off = c * (H * W)
-        img = b.to(tl.int64) * C * H * W
-        if MULTI_LEVEL:  # level's first element relative to the level-0 pointer; the hint keeps loads vectorized
-            img += tl.multiple_of(tl.load(meta_ptr + lvl * 3), BASE_ALIGN)
-        g_img = gin_ptr + img  # scalar 64-bit image base; int32 offsets inside the image (launcher checks C*H*W < 2^31)
+        g_img, s_h, s_w, c_off = _map_layout(gin_ptr, meta_ptr, b, lvl, c, C, H, W, MULTI_LEVEL, CHANNELS_LAST,
+                                             BASE_ALIGN)
         g_rows = (g_ptr + k.to(tl.int64) * C * (OH * OW)) + (c[:, None] * (OH * OW) + pw[None, :])
         gm = cm[:, None] & pwm[None, :]
         x_base = x1 + pw.to(ACC) * bin_w  # [OW_PAD]
@@ -314,18 +314,8 @@ if HAS_TRITON:
         pm = p < OH * OW
         ph = p // OW
         pw = p % OW
-        if CHANNELS_LAST:
-            s_w = C
-            s_h = W * C
-            c_off = c
-        else:
-            s_w = 1
-            s_h = W
-            c_off = c * (H * W)
-        img = b.to(tl.int64) * C * H * W
-        if MULTI_LEVEL:  # level's first element relative to the level-0 pointer; the hint keeps loads vectorized
-            img += tl.multiple_of(tl.load(meta_ptr + lvl * 3), BASE_ALIGN)
-        g_img = gin_ptr + img  # scalar 64-bit image base; int32 offsets inside the image (launcher checks C*H*W < 2^31)
+        g_img, s_h, s_w, c_off = _map_layout(gin_ptr, meta_ptr, b, lvl, c, C, H, W, MULTI_LEVEL, CHANNELS_LAST,
+                                             BASE_ALIGN)
         g = tl.load((g_ptr + k.to(tl.int64) * C * (OH * OW)) + (c[:, None] * (OH * OW) + p[None, :]),
                     mask=cm[:, None] & pm[None, :], other=0.0).to(ACC) / count
         gh_f = gh.to(ACC)
