@@ -49,7 +49,7 @@ class RunOptions:
 
 
 class ConfigTimeout(Exception):
-    pass
+    """A config ran past ``--timeout-s`` (raised by :func:`time_limit`); its row gets status ``timeout``."""
 
 
 @contextlib.contextmanager

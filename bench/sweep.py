@@ -58,7 +58,7 @@ def measure_isolated(cfg: Config, opts: RunOptions) -> tuple[dict[str, Any], lis
                 got_row, samples = q.get(timeout=0.5)
                 p.join(timeout=30)
                 return got_row, samples
-            except queue.Empty:
+            except queue.Empty:  # no row yet: check below that the worker is still alive
                 pass
             if not p.is_alive():
                 try:  # the result may have landed just before the process exited

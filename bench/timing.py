@@ -124,7 +124,7 @@ def _time_cuda(fn: Callable[[], Any], device: torch.device, budget_s: float,
         samples = [float(s) for s in samples]
         if len(samples) >= min_samples:
             return samples, "triton.testing.do_bench(cuda events, L2 flushed)"
-    except ImportError:
+    except ImportError:  # no Triton: the CUDA-event loop below
         pass
     samples = []
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
