@@ -31,6 +31,7 @@ real launch with differently aligned pointers may specialize differently).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import subprocess
@@ -236,14 +237,22 @@ def _constexpr_text(fn: Any, constexprs: Mapping[Any, Any]) -> str:
 _CACHE: dict[str, dict[str, Any]] = {}
 
 
+@functools.cache
+def _target(capability: int) -> tuple[Any, Any]:
+    """Triton's ``GPUTarget`` and compiler backend for a CUDA compute capability (built once per capability)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    target = GPUTarget("cuda", capability, 32)
+    return target, make_backend(target)
+
+
 def compile_launch(launch: Launch, arch: GpuArch) -> dict[str, Any]:
     """Compile one recorded launch for ``arch``; the resource/occupancy columns of its row (cached per variant)."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
+    from triton.compiler import ASTSource
 
-    target = GPUTarget("cuda", arch.capability, 32)
-    backend = make_backend(target)
+    target, backend = _target(arch.capability)
     fn = launch.fn
     try:
         signature, constexprs, attrs, options = _specialize(launch, backend)
