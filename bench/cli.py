@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--suite", help="named sweep from bench/suites.toml (explicit flags override it)")
     r.add_argument("--models", nargs="+")
     r.add_argument("--batch-sizes", nargs="+", type=int)
-    r.add_argument("--dtypes", nargs="+", help="fp32 tf32 fp16 bf16")
+    r.add_argument("--dtypes", nargs="+", help="fp32 tf32 fp16 bf16 (autocast) fp16-pure bf16-pure (model cast)")
     r.add_argument("--devices", nargs="+", help="cpu cuda")
     r.add_argument("--modes", nargs="+", help="infer train")
     r.add_argument("--backends", nargs="+", help="eager compile triton")
@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="skip configs already in OUT/results.csv")
     r.add_argument("--isolate", action="store_true", default=None, help="one fresh worker process per config")
     r.add_argument("--timeout-s", type=float, help="per-config time limit (status 'timeout')")
+    r.add_argument("--budget-s", type=float,
+                   help="time budget for the whole sweep: configs run cheapest-first per model (every model's first "
+                        "config before any model's second); none starts after S seconds; the rest -> OUT/skipped.txt")
+    r.add_argument("--max-config-s", type=float,
+                   help="cap per config: a first call over S s ends it as 'timeout'; else fewer samples (>= 3) are "
+                        "taken to fit and the row is flagged reduced_samples")
+    r.add_argument("--allow-slow-fallback", action="store_true",
+                   help="measure CPU fp16/bf16 configs even where the probe finds a slow fallback path (else "
+                        "'unsupported' with the reason)")
     r.add_argument("--min-time-s", type=float)
     r.add_argument("--warmup-s", type=float)
     r.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
@@ -147,6 +156,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs, suite, suite_name = _resolve_run(args)
     if args.threads is not None and args.threads <= 0:
         raise BadInputError(f"--threads must be positive, got {args.threads}")
+    budget_s = args.budget_s if args.budget_s is not None else float(suite.get("budget_s", 0))
+    max_config_s = args.max_config_s if args.max_config_s is not None else float(suite.get("max_config_s", 0))
+    for flag, v in (("--budget-s", budget_s), ("--max-config-s", max_config_s)):
+        if v < 0:
+            raise BadInputError(f"{flag} must be >= 0 (0 = no limit), got {v:g}")
+    if budget_s:
+        from .config import cheapest_first
+
+        configs = cheapest_first(configs)
     shard = getattr(args, "shard", None)
     sweep_configs = configs  # the whole sweep, recorded in sweep.json even when this run is one shard of it
     if shard is not None:  # an empty --shard '' is a bad spec, not "no shard"
@@ -164,21 +182,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s if args.timeout_s is not None else float(suite.get("timeout_s", 0)),
         threads=args.threads, count_flops=not args.no_flops,
         profile_dir=str(out / "traces") if args.profile else None,
+        allow_slow_fallback=args.allow_slow_fallback, max_config_s=max_config_s,
     )
     isolate = args.isolate if args.isolate is not None else bool(suite.get("isolate", False))
     ray_address = getattr(args, "ray", None)
     if ray_address is not None:
         from .distributed import run_on_ray
 
+        if budget_s:
+            raise BadInputError("--budget-s applies to local sweeps; with --ray, bound each task with --timeout-s")
+
         rows = run_on_ray(configs, out, opts, address=ray_address, resume=args.resume, argv=sys.argv,
                           progress=not args.no_progress, cpus_per_task=getattr(args, "ray_cpus_per_task", 1),
                           sweep_configs=sweep_configs, shard=shard)
     else:
         rows = run_sweep(configs, out, opts, isolate=isolate, resume=args.resume, progress=not args.no_progress,
-                         argv=sys.argv, sweep_configs=sweep_configs, shard=shard)
+                         argv=sys.argv, sweep_configs=sweep_configs, shard=shard, budget_s=budget_s)
     report = write_report(out)
     console.print(summary_table(rows))
     console.print(f"wrote {out / 'results.csv'}, {report}, {out / 'env.json'}")
+    skipped = out / "skipped.txt"
+    if budget_s and skipped.exists():
+        n = len(skipped.read_text().splitlines())
+        console.print(f"[yellow]--budget-s {budget_s:g} spent: {n} config(s) not started, listed in {skipped}[/]")
     failed = [r for r in rows if r.get("status") in FAILED_STATUSES]
     if failed:
         console.print(f"[red]{len(failed)} config(s) failed[/] ({', '.join(sorted({r['status'] for r in failed}))})")

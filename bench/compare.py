@@ -387,6 +387,11 @@ _ENV_FIELDS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
     ("device", lambda e: ", ".join(g.get("name", "?") for g in e.get("gpus", [])) or e.get("device_name")
      or e.get("device"), True),
     ("cpu", lambda e: e.get("cpu_model"), True),
+    # The ISA ATen dispatches to and native bf16/fp16 decide which CPU kernels ran (AVX2 bf16 conv: a fallback).
+    ("cpu ISA", lambda e: e.get("cpu_capability"), True),
+    ("cpu bf16/fp16 native", lambda e: None if e.get("cpu_bf16_native") is None
+     else f"bf16={e.get('cpu_bf16_native')}, fp16={e.get('cpu_fp16_native')}", True),
+    ("oneDNN", lambda e: e.get("onednn_version"), True),
     ("host", lambda e: e.get("host"), True),
     ("threads", lambda e: e.get("threads"), True),
     ("torch", lambda e: e.get("torch_version"), True),

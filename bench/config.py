@@ -19,12 +19,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "DTYPES", "DEVICES", "MODES", "BACKENDS", "SUITES_FILE", "load_suites", "expand", "KEY_FIELDS",
-           "validate_choice"]
+__all__ = ["Config", "DTYPES", "LOWP", "DEVICES", "MODES", "BACKENDS", "SUITES_FILE", "load_suites", "expand",
+           "KEY_FIELDS", "validate_choice", "cheapest_first"]
 
-# Precision names -> (compute dtype under autocast, or float32 with TF32 matmuls for "tf32").
+# Precision names -> compute dtype (float32 with TF32 matmuls for "tf32").
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
-                                  "bf16": torch.bfloat16}
+                                  "bf16": torch.bfloat16, "fp16-pure": torch.float16, "bf16-pure": torch.bfloat16}
+# The low-precision modes -> (base dtype name, how). "autocast": weights stay fp32 and autocast casts each op's
+# inputs (mixed precision, as AMP training runs; it re-casts every weight every step). "cast": the model and its
+# floating inputs are cast once (``model.to(torch.bfloat16)``), as low-precision inference is usually deployed.
+LOWP: dict[str, tuple[str, str]] = {"fp16": ("fp16", "autocast"), "bf16": ("bf16", "autocast"),
+                                    "fp16-pure": ("fp16", "cast"), "bf16-pure": ("bf16", "cast")}
 DEVICES = ("cpu", "cuda")
 MODES = ("infer", "train")
 BACKENDS = ("eager", "compile", "triton")
@@ -106,7 +111,7 @@ def load_suites(path: Path = SUITES_FILE) -> dict[str, dict[str, Any]]:
         raise BadInputError(f"{path}: malformed suite file (no [suite.NAME] tables)")
     allowed = {"description", "models", "batch_sizes", "dtypes", "devices", "modes", "backends", "channels_last",
                "input_size", "timeout_s", "isolate", "min_time_s", "warmup_s", "model_batch_sizes", "kernels",
-               "model_input_size"}
+               "model_input_size", "budget_s", "max_config_s"}
     for name, s in suites.items():
         unknown = set(s) - allowed
         if unknown:
@@ -155,3 +160,26 @@ def expand(models: Iterable[str], batch_sizes: Iterable[int], dtypes: Iterable[s
             for k in (kernels if be == "triton" else [""]):
                 out.append(Config(model, be, mode, dev, dt, int(bs), bool(cl), k, size))
     return out
+
+
+# Relative cost of each axis value, cheapest first (within a model). fp32 leads: on CPUs without native bf16/fp16 the
+# low-precision configs are the slow ones, and on a GPU the order within a model matters little.
+_COST_ORDER: dict[str, tuple[str, ...]] = {
+    "mode": MODES, "backend": ("eager", "triton", "compile"),
+    "dtype": ("fp32", "tf32", "bf16-pure", "fp16-pure", "bf16", "fp16"),
+}
+
+
+def _cost_key(c: Config) -> tuple[Any, ...]:
+    rank = lambda axis, v: _COST_ORDER[axis].index(v) if v in _COST_ORDER[axis] else len(_COST_ORDER[axis])  # noqa: E731
+    return (rank("mode", c.mode), c.batch_size, c.input_size, rank("dtype", c.dtype), rank("backend", c.backend),
+            c.channels_last, c.device, c.kernels)
+
+
+def cheapest_first(configs: Sequence[Config]) -> list[Config]:
+    """Reorder for a time budget: every model's cheapest config first, then every model's second, and so on, so a
+    budget that runs out leaves each model measured at least once (models keep their order within a round)."""
+    models = list(dict.fromkeys(c.model for c in configs))
+    per: dict[str, list[Config]] = {m: sorted((c for c in configs if c.model == m), key=_cost_key) for m in models}
+    rounds = max((len(v) for v in per.values()), default=0)
+    return [per[m][i] for i in range(rounds) for m in models if i < len(per[m])]

@@ -12,14 +12,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["collect_env", "env_columns", "git_state", "ENV_COLUMNS"]
+from .cpu_isa import cpu_isa
+
+__all__ = ["collect_env", "env_columns", "git_state", "isa_label", "ENV_COLUMNS"]
 
 _REPO = Path(__file__).resolve().parent.parent
 
 # The per-row environment columns (a cluster can be heterogeneous, so every row carries them).
 ENV_COLUMNS = [
     "device_name", "host", "torch_version", "triton_version", "torchvision_version", "cuda_version", "threads",
-    "git_sha", "timestamp",
+    "git_sha", "timestamp", "cpu_isa",
 ]
 
 
@@ -67,6 +69,7 @@ def collect_env(argv: list[str] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "cpu_model": _cpu_model(),
+        **cpu_isa(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
@@ -109,5 +112,13 @@ def env_columns(env: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
         "device_name": name, "host": env.get("host"), "torch_version": env.get("torch_version"),
         "triton_version": env.get("triton_version"), "torchvision_version": env.get("torchvision_version"),
         "cuda_version": env.get("cuda_version"), "threads": env.get("threads"), "git_sha": sha,
-        "timestamp": env.get("timestamp"),
+        "timestamp": env.get("timestamp"), "cpu_isa": isa_label(env),
     }
+
+
+def isa_label(env: dict[str, Any]) -> str | None:
+    """The host CPU's dispatch ISA and native low-precision types in one cell, e.g. ``AVX2`` or ``AVX512+bf16``."""
+    cap = env.get("cpu_capability")
+    if cap is None:
+        return None
+    return cap + "".join(f"+{d}" for d in ("bf16", "fp16") if env.get(f"cpu_{d}_native"))

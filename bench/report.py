@@ -26,6 +26,10 @@ def fmt_num(v: Any, spec: str) -> str:
     return "—" if f != f else format(f, spec)
 
 
+def _yes_no(v: Any) -> str:
+    return "?" if v is None else ("yes" if v else "no")
+
+
 def _env_summary(env: dict[str, Any]) -> str:
     if not env:
         return "_no env.json next to the results_\n"
@@ -33,6 +37,10 @@ def _env_summary(env: dict[str, Any]) -> str:
     sha = env.get("git_sha", "?") + (" (dirty)" if env.get("git_dirty") else "")
     lines = [
         f"- **CPU**: {env.get('cpu_model')} ({env.get('cpu_count')} cores, {env.get('threads')} torch threads)",
+        f"- **CPU ISA**: ATen dispatch {env.get('cpu_capability', '?')}; native bf16 "
+        f"{_yes_no(env.get('cpu_bf16_native'))}, fp16 {_yes_no(env.get('cpu_fp16_native'))}; flags "
+        f"{' '.join(env.get('cpu_flags') or []) or '?'}; oneDNN {env.get('onednn_version', '?')}, "
+        f"MKL {env.get('mkl_version', '?')}",
         f"- **GPU**: {gpus}" + (f", driver {env['driver']}" if env.get("driver") else ""),
         f"- **Versions**: torch {env.get('torch_version')}, torchvision {env.get('torchvision_version')}, "
         f"triton {env.get('triton_version')}, CUDA {env.get('cuda_version')}, Python {env.get('python')}",
@@ -65,12 +73,16 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
             lat = (f"{fmt_num(r['latency_ms_p50'], '.2f')} [{fmt_num(r['latency_ms_p20'], '.2f')}–"
                    f"{fmt_num(r['latency_ms_p80'], '.2f')}]") if ok else "—"
             noisy = " (noisy)" if str(r.get("noisy")).lower() == "true" else ""
+            reduced = " (reduced)" if str(r.get("reduced_samples")).lower() == "true" else ""
             backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
-            status = r.get("status") if ok else f"**{r.get('status')}**: {str(r.get('error') or '')[:80]}"
+            # An unsupported row's reason (e.g. the bf16 fallback probe) is the finding: keep it whole.
+            width = 400 if r.get("status") == "unsupported" else 80
+            status = r.get("status") if ok else f"**{r.get('status')}**: {str(r.get('error') or '')[:width]}"
             out.append(f"| {r['mode']} | {r['device']} | {r['dtype']} | {backend} | {int(r['batch_size'])} "
                        f"| {lat}{noisy} | {fmt_num(r.get('throughput_per_s'), '.1f')} | "
                        f"{fmt_num(r.get('tflops_per_s'), '.3f')} | "
-                       f"{fmt_num(r.get('peak_mem_mb'), '.0f')} | {fmt_num(r.get('n_samples'), '.0f')} | {status} |")
+                       f"{fmt_num(r.get('peak_mem_mb'), '.0f')} | {fmt_num(r.get('n_samples'), '.0f')}{reduced} "
+                       f"| {status} |")
         out.append("")
     for section in extra_sections or []:
         out += [section, ""]
@@ -80,9 +92,10 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
 def _conventions() -> str:
     return ("Latency: median of n samples after warm-up (first call and compile excluded), p20–p80 in brackets; "
             "throughput = batch / median. FLOPs: `torch.utils.flop_counter`, a multiply-add = 2 FLOPs, per sample, "
-            "forward for infer and forward+backward for train. bf16/fp16 run under autocast; tf32 = fp32 with TF32 "
-            "matmuls. Peak memory: CUDA `max_memory_allocated` of one step; CPU: bytes of tensors created by the step "
-            "(see `bench/memory.py`).")
+            "forward for infer and forward+backward for train. bf16/fp16 run under autocast, bf16-pure/fp16-pure "
+            "with the model and inputs cast; tf32 = fp32 with TF32 matmuls. (reduced): fewer samples, to fit "
+            "`--max-config-s`. Peak memory: CUDA `max_memory_allocated` of one step; CPU: bytes of tensors created "
+            "by the step (see `bench/memory.py`).")
 
 
 def write_report(out_dir: str | Path) -> Path:
@@ -98,6 +111,10 @@ def write_report(out_dir: str | Path) -> Path:
         df = read_results(d / "results.csv", required=["model", "backend", "mode", "dtype", "status"],
                           numeric=NUMERIC_COLUMNS, strict=False)
     sections += _optional_sections(d)
+    if (d / "skipped.txt").exists():
+        left = (d / "skipped.txt").read_text().splitlines()
+        sections.insert(0, f"## Not measured: the time budget ran out\n\n{len(left)} config(s) were not started "
+                           "(`skipped.txt`; `run --resume` measures them): " + ", ".join(f"`{c}`" for c in left))
     if df is None:
         if not sections:
             raise BadInputError(f"{d}: no results.csv or kernels.csv to report on")

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .config import DTYPES, Config
+from .config import DTYPES, LOWP, Config
 from .flops import count_step_flops
 from .memory import measure_peak_memory
-from .timing import time_fn
+from .timing import OverConfigBudget, time_fn
 
 __all__ = ["RunOptions", "measure", "RESULT_COLUMNS", "STATUSES", "ConfigTimeout", "classify_exception"]
 
@@ -33,7 +33,7 @@ RESULT_COLUMNS = [
     "gflops", "gmacs", "tflops_per_s", "params", "peak_mem_mb", "reserved_mem_mb", "mem_method",
     "flops_counter_warnings", "precision_note", "kernel_path", "kernels_switched", "timer",
     "device_name", "host", "torch_version", "triton_version", "torchvision_version", "cuda_version", "threads",
-    "git_sha", "timestamp",
+    "git_sha", "timestamp", "cpu_isa", "reduced_samples",
 ]
 
 
@@ -46,6 +46,8 @@ class RunOptions:
     threads: int | None = None
     count_flops: bool = True
     profile_dir: str | None = None  # write a torch.profiler trace per config here (see bench.profile)
+    allow_slow_fallback: bool = False  # measure a CPU low-precision config even where the probe sees a fallback path
+    max_config_s: float = 0.0  # 0 = no cap; else fewer samples (>= 3, flagged) or `timeout` (see bench.timing)
 
 
 class ConfigTimeout(Exception):
@@ -77,7 +79,7 @@ class Unsupported(Exception):
 
 
 def classify_exception(e: BaseException) -> str:
-    if isinstance(e, ConfigTimeout):
+    if isinstance(e, (ConfigTimeout, OverConfigBudget)):
         return "timeout"
     if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
         return "oom"
@@ -91,33 +93,49 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
 
-def probe_support(cfg: Config) -> None:
-    """Raise :class:`Unsupported` if this device/dtype/backend cannot run here (no work done yet)."""
+def probe_support(cfg: Config, allow_slow_fallback: bool = False) -> str:
+    """Raise :class:`Unsupported` if this device/dtype/backend cannot run here (no model built yet).
+
+    A CPU fp16/bf16 config is probed (:func:`bench.cpu_isa.fallback_reason`): where the dtype takes a fallback
+    path it is ``unsupported`` with the measured slowdown, unless ``allow_slow_fallback``. Returns a note on the
+    probe for ``precision_note`` ("" when none ran).
+    """
+    note = ""
     if cfg.device == "cuda":
         if not torch.cuda.is_available():
             raise Unsupported("no CUDA device")
-        if cfg.dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        if LOWP.get(cfg.dtype, ("",))[0] == "bf16" and not torch.cuda.is_bf16_supported():
             raise Unsupported("bf16 needs compute capability >= 8.0")
         if cfg.dtype == "tf32" and torch.cuda.get_device_capability() < (8, 0):
             raise Unsupported("tf32 needs compute capability >= 8.0")
     elif cfg.dtype == "tf32":
         raise Unsupported("tf32 is a CUDA matmul mode; the CPU has none")
+    elif cfg.dtype in LOWP:
+        from .cpu_isa import fallback_reason
+
+        reason, note = fallback_reason(*LOWP[cfg.dtype])
+        if reason and not allow_slow_fallback:
+            raise Unsupported(reason)
+        if reason:
+            note += " (fallback path, measured on request)"
     if cfg.backend == "triton":
         from kernels import HAS_TRITON
 
         if not HAS_TRITON:
             raise Unsupported("triton is not installed")
+    return note
 
 
 @contextlib.contextmanager
 def precision(cfg: Config) -> Iterator[None]:
-    """bf16/fp16 via autocast; tf32 via the matmul precision flag (and cuDNN's); fp32 with TF32 off."""
+    """bf16/fp16 via autocast (the ``-pure`` modes are cast in :func:`build_step` instead); tf32 via the matmul
+    precision flag (and cuDNN's); fp32 with TF32 off."""
     old_mm = torch.get_float32_matmul_precision()
     old_cudnn = torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("high" if cfg.dtype == "tf32" else "highest")
     torch.backends.cudnn.allow_tf32 = cfg.dtype == "tf32"
     try:
-        if cfg.dtype in ("fp16", "bf16"):
+        if LOWP.get(cfg.dtype, ("", ""))[1] == "autocast":
             with torch.autocast(device_type=cfg.device, dtype=DTYPES[cfg.dtype]):
                 yield
         else:
@@ -156,12 +174,15 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
             raise Unsupported(f"{cfg.model} has no hot path for kernels={cfg.kernels or 'all'}")
     else:
         model = spec.builder()
-    model = model.to(device)
+    pure = LOWP.get(cfg.dtype, ("", ""))[1] == "cast"
+    model = model.to(device, DTYPES[cfg.dtype]) if pure else model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     facts["params"] = sum(p.numel() for p in model.parameters())
     shape = spec.input_shape if not cfg.input_size else (spec.input_shape[0], cfg.input_size, cfg.input_size)
     batch = spec.make_batch(cfg.batch_size, shape, device=device)
+    if pure:  # floating inputs only; targets (labels, boxes) stay as the loss expects them
+        batch.inputs = batch.to(device, DTYPES[cfg.dtype]).inputs
     if cfg.channels_last:
         batch.inputs = tuple(x.contiguous(memory_format=torch.channels_last)
                              if isinstance(x, torch.Tensor) and x.dim() == 4 else x for x in batch.inputs)
@@ -173,7 +194,9 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
         facts["_graphs_before"] = _compiled_graphs()
     run_model = torch.compile(model) if cfg.backend == "compile" else model
     facts["precision_note"] = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmul/conv",
-                               "fp16": "autocast fp16", "bf16": "autocast bf16"}[cfg.dtype]
+                               "fp16": "autocast fp16", "bf16": "autocast bf16",
+                               "fp16-pure": "pure fp16: model and inputs cast",
+                               "bf16-pure": "pure bf16: model and inputs cast"}[cfg.dtype]
 
     if cfg.mode == "infer":
         model.eval()
@@ -224,9 +247,11 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
     row["threads"] = torch.get_num_threads()  # what this config ran with, not the process default
     try:
         with time_limit(opts.timeout_s):
-            probe_support(cfg)
+            probe_note = probe_support(cfg, opts.allow_slow_fallback)
             step, facts = build_step(cfg)
             row.update({k: v for k, v in facts.items() if not k.startswith("_")})
+            if probe_note:
+                row["precision_note"] += f"; {probe_note}"
             if opts.count_flops:
                 fkey = (cfg.model, cfg.mode, cfg.batch_size, cfg.input_size)
                 if flops_cache is not None and fkey in flops_cache:
@@ -238,7 +263,7 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
                         flops_cache[fkey] = counted
             device = torch.device(cfg.device)
             t = time_fn(step, device, threads=torch.get_num_threads(), warmup_s=opts.warmup_s,
-                        min_time_s=opts.min_time_s, min_samples=opts.min_samples)
+                        min_time_s=opts.min_time_s, min_samples=opts.min_samples, max_s=opts.max_config_s)
             samples = t.samples_ms
             if cfg.backend == "compile" and _compiled_graphs() == facts["_graphs_before"]:
                 raise CompileFellBack("torch.compile compiled no graph for this config (dynamo ran the model "
@@ -258,6 +283,7 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             "n_samples": int(s["n"]), "inner_loops": t.inner_loops, "noisy": t.noisy, "compile_ms": t.first_call_ms,
             "warmup_ms": t.warmup_ms, "throughput_per_s": cfg.batch_size / (s["p50"] / 1e3), "timer": t.method,
             "peak_mem_mb": mem.peak_mb, "reserved_mem_mb": mem.reserved_mb, "mem_method": mem.method,
+            "reduced_samples": t.reduced,
         })
         if row.get("profile_error"):  # measured fine; say the trace is missing and why
             row["error"] = f"profile failed: {row['profile_error']}"
@@ -269,6 +295,8 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
         status = classify_exception(e)
         row["status"] = status
         row["error"] = _first_line(e)
+        if isinstance(e, OverConfigBudget):
+            row["compile_ms"] = e.first_call_ms
         if status == "error":
             row["error_traceback"] = "".join(traceback.format_exception(e))[-2000:]
         del e

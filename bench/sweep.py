@@ -82,17 +82,19 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
               isolate: bool = False, resume: bool = False, progress: bool = True, argv: list[str] | None = None,
               measure_fn: Callable[[Config, RunOptions], tuple[dict[str, Any], list[float]]] | None = None,
               deadline: float | None = None, sweep_configs: Sequence[Config] | None = None,
-              shard: str | None = None) -> list[dict[str, Any]]:
+              shard: str | None = None, budget_s: float = 0.0) -> list[dict[str, Any]]:
     """Measure every config not already in ``DIR/results.csv`` (with ``resume``); returns the new rows.
 
     ``deadline`` (a ``time.monotonic()`` value): start no config after it; the configs left are listed in
-    ``DIR/skipped.txt`` (and ``--resume`` measures them later). ``sweep_configs``/``shard``: with ``--shard I/N``,
+    ``DIR/skipped.txt`` (and ``--resume`` measures them later). ``budget_s`` (``run --budget-s``): the same, counted
+    from the first config's start, which always runs. ``sweep_configs``/``shard``: with ``--shard I/N``,
     the whole sweep and the slice spec, recorded in ``sweep.json`` for ``merge``.
     """
     opts = opts or RunOptions()
     out = Path(out_dir)
     env, todo, writer = open_run_dir(configs, out, resume=resume, argv=argv, sweep_configs=sweep_configs,
                                      shard=shard)
+    (out / "skipped.txt").unlink(missing_ok=True)  # an earlier run's list; --resume puts its configs in `todo` again
     flops_cache: dict[tuple, dict[str, Any]] = {}
     if measure_fn is None:
         measure_fn = measure_isolated if isolate else (lambda c, o: measure(c, o, flops_cache))
@@ -101,8 +103,11 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
     from .progress import SweepProgress
 
     with SweepProgress(len(todo), enabled=progress, skipped=len(configs) - len(todo)) as bar:
+        if budget_s > 0:
+            budget_end = time.monotonic() + budget_s
+            deadline = budget_end if deadline is None else min(deadline, budget_end)
         for i, cfg in enumerate(todo):
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline and (i > 0 or budget_s <= 0):
                 (out / "skipped.txt").write_text("".join(c.label() + "\n" for c in todo[i:]))
                 break
             bar.start(cfg.label())

@@ -9,6 +9,11 @@ The first call is timed on its own (``first_call_ms``: lazy init, cuDNN autotuni
 further warm-up calls run until ``warmup_s`` has passed. Neither enters the samples. The headline statistic is the
 median, with p20/p80, mean, std and the sample count; a run whose IQR/median exceeds ``NOISE_IQR`` is flagged noisy
 (torch.utils.benchmark warns at 10%).
+
+A per-config cap (``max_s``, ``run --max-config-s``) bounds a config whose calls are slow: a first call already over
+the cap raises :class:`OverConfigBudget` (the row becomes ``timeout`` with the time it took); otherwise warm-up and
+samples shrink to what fits, never below ``MIN_REDUCED_SAMPLES`` single-call samples, and the timing is flagged
+``reduced``.
 """
 
 from __future__ import annotations
@@ -21,9 +26,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["Timing", "summarize", "time_fn", "NOISE_IQR"]
+__all__ = ["Timing", "summarize", "time_fn", "NOISE_IQR", "OverConfigBudget", "MIN_REDUCED_SAMPLES"]
 
 NOISE_IQR = 0.10
+# The fewest samples a capped config is measured with: three distinct order statistics for p20 / p50 / p80.
+MIN_REDUCED_SAMPLES = 3
+
+
+class OverConfigBudget(Exception):
+    """The first call alone took longer than the per-config cap; the config is not measured further."""
+
+    def __init__(self, first_call_ms: float, max_s: float) -> None:
+        super().__init__(f"first call took {first_call_ms / 1e3:.1f} s, over --max-config-s {max_s:g}")
+        self.first_call_ms = first_call_ms
 
 
 @dataclass
@@ -34,6 +49,7 @@ class Timing:
     method: str
     inner_loops: int = 1
     stats: dict[str, float] = field(default_factory=dict)
+    reduced: bool = False  # fewer samples than asked for, to fit ``max_s``
 
     @property
     def median_ms(self) -> float:
@@ -70,7 +86,7 @@ def _sync(device: torch.device) -> None:
 
 
 def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, threads: int | None = None,
-            warmup_s: float = 0.2, min_time_s: float = 1.0, min_samples: int = 5) -> Timing:
+            warmup_s: float = 0.2, min_time_s: float = 1.0, min_samples: int = 5, max_s: float = 0.0) -> Timing:
     """Time ``fn()`` (a zero-argument closure: all setup stays outside).
 
     Args:
@@ -79,12 +95,15 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
         warmup_s: minimum warm-up time after the first call.
         min_time_s: minimum total measured time.
         min_samples: minimum number of samples, even if one call takes longer than ``min_time_s``.
+        max_s: cap on the whole measurement (first call included); 0 = none. See the module docstring.
     """
     device = torch.device(device)
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     fn()
     _sync(device)
-    first_ms = (time.perf_counter() - t0) * 1e3
+    first_ms = (time.perf_counter() - start) * 1e3
+    if max_s > 0 and first_ms / 1e3 > max_s:
+        raise OverConfigBudget(first_ms, max_s)
 
     t0 = time.perf_counter()
     est_ms = first_ms
@@ -95,8 +114,18 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
         _sync(device)
         est_ms = (time.perf_counter() - t1) * 1e3
         n_warm += 1
+        # Under a cap, one warm-up call is enough once the next one would eat into the samples' share.
+        if max_s > 0 and time.perf_counter() - start + (MIN_REDUCED_SAMPLES + 1) * est_ms / 1e3 > max_s:
+            break
     warmup_ms = (time.perf_counter() - t0) * 1e3
     budget_s = max(min_time_s, min_samples * est_ms / 1e3 * 1.1)
+    if max_s > 0:
+        left_s = max_s - (time.perf_counter() - start)
+        if budget_s > left_s:  # what is asked for does not fit: single calls, as many as fit, at least 3
+            n = max(MIN_REDUCED_SAMPLES, min(min_samples, int(left_s / (est_ms / 1e3))))
+            samples = _single_calls(fn, device, n, threads)
+            method = f"{n} single calls, threads={torch.get_num_threads()} (reduced to fit --max-config-s {max_s:g})"
+            return Timing(samples, first_ms, warmup_ms, method, 1, summarize(samples), reduced=True)
 
     if device.type == "cuda":
         samples, method = _time_cuda(fn, device, budget_s, min_samples)
@@ -113,6 +142,23 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
             samples += [t * 1e3 for t in timer.timeit(1).times]
         method = f"torch.utils.benchmark.Timer.blocked_autorange(threads={nthreads})"
     return Timing(samples, first_ms, warmup_ms, method, loops, summarize(samples))
+
+
+def _single_calls(fn: Callable[[], Any], device: torch.device, n: int, threads: int | None) -> list[float]:
+    """``n`` calls timed one by one (with the thread count set, as the Timer would)."""
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    out = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old)
+    return out
 
 
 def _time_cuda(fn: Callable[[], Any], device: torch.device, budget_s: float,

@@ -44,8 +44,9 @@ def _env() -> dict[str, str]:
 
 def test_done_when_four_ok_rows_with_every_column(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    rc = main(["run", "--models", "resnet18", "--batch-sizes", "1", "2", "--dtypes", "fp32", "bf16", "--devices",
-               "cpu", "--input-size", "64", "--threads", "1", "--out", str(out), *FAST])
+    # basic_cnn: cheap in bf16 even where bf16 takes PyTorch's fallback path (AVX2); measured there on request.
+    rc = main(["run", "--models", "basic_cnn", "--batch-sizes", "1", "2", "--dtypes", "fp32", "bf16", "--devices",
+               "cpu", "--threads", "1", "--allow-slow-fallback", "--out", str(out), *FAST])
     assert rc == 0
     df = read_results(out / "results.csv")
     assert list(df.columns) == RESULT_COLUMNS
@@ -73,7 +74,10 @@ def test_done_when_four_ok_rows_with_every_column(tmp_path: Path) -> None:
     if "gmacs" not in may_be_empty:
         assert (num["gflops"] / num["gmacs"]).between(1.9, 2.1).all()  # FLOPs = 2 x MACs up to fvcore's extra ops
     assert (out / "report.md").exists() and (out / "env.json").exists() and (out / "samples.jsonl").exists()
-    assert "## resnet18" in (out / "report.md").read_text()
+    assert "## basic_cnn" in (out / "report.md").read_text()
+    notes = dict(zip(df["dtype"], df["precision_note"]))
+    assert notes["fp32"].startswith("fp32") and notes["bf16"].startswith("autocast bf16")
+    assert "probe" in notes["bf16"]  # the fallback probe ran and says what it measured
 
 
 def test_failures_become_rows_and_the_sweep_goes_on(tmp_path: Path, fakes: None) -> None:
