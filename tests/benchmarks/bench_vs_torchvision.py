@@ -12,8 +12,11 @@ its 95% confidence interval (target <= 1.05); the same in each case's ``extra_in
 
     VB_BENCH_THREADS=2 pytest tests/benchmarks/bench_vs_torchvision.py -o addopts="" -s -k "resnet18 or swin_t"
 
-With ``VB_BENCH_OUT=DIR`` it also writes ``DIR/env.json`` (machine, ISA, threads, versions, git sha),
-``DIR/summary.csv`` (one row per model) and ``DIR/rounds.csv`` (every call's time, in call order).
+On a CPU shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE``: with OpenMP's default spin-waiting, threads
+that lose their core stall each other at every barrier (resnet18 at 2 threads on a 2-core machine at load 12:
+1.7 s per call, 0.4 s passive, 0.4 s at 1 thread). With ``VB_BENCH_OUT=DIR`` it also writes ``DIR/env.json``
+(machine, ISA, threads, OpenMP settings, versions, git sha), ``DIR/summary.csv`` (one row per model) and
+``DIR/rounds.csv`` (every call's time, in call order).
 
 Weights are torchvision's random init copied into ours (same numbers in both models, so data-dependent speed such
 as denormals cannot differ).
@@ -54,7 +57,8 @@ def _write_outputs() -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = collect_env()
     env.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), bench_threads=THREADS, batch=BATCH,
-               rounds=ROUNDS, warmup_rounds=WARMUP, order="ABBA (ours, torchvision, torchvision, ours)")
+               rounds=ROUNDS, warmup_rounds=WARMUP, order="ABBA (ours, torchvision, torchvision, ours)",
+               omp_num_threads=os.environ.get("OMP_NUM_THREADS"), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
     (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     for name, rows in (("summary.csv", _SUMMARY), ("rounds.csv", _ROUNDS)):
         if rows:
@@ -69,8 +73,6 @@ def _fixed_threads() -> Iterator[None]:
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     yield
-    if OUT:
-        _write_outputs()  # while the benchmark's thread count is still set: env.json records it
     torch.set_num_threads(before)
     if _SUMMARY:
         print(f"\n\nours / torchvision, CPU ({torch.backends.cpu.get_cpu_capability()}), {THREADS} threads, batch "
@@ -119,6 +121,8 @@ def test_eager_cpu_vs_torchvision(benchmark: Any, name: str) -> None:
     for i, c in enumerate(inter.calls[-n:]):
         _ROUNDS.append({"model": name, "round": i, **{f"{SIDES[s]}_{j}_ms": t * 1e3
                                                      for j, (s, t) in enumerate(zip(ABBA, c))}})
+    if OUT:  # rewritten after every model, so a run cut short keeps the models it finished
+        _write_outputs()
     print(f"\n{name}: {n} interleaved rounds, each {order}\n"
           f"  ours        median {o50:.2f} ms (p20 {o20:.2f}, p80 {o80:.2f})\n"
           f"  torchvision median {t50:.2f} ms (p20 {t20:.2f}, p80 {t80:.2f})\n"
