@@ -14,9 +14,9 @@ its 95% confidence interval (target <= 1.05); the same in each case's ``extra_in
 
 On a CPU shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE``: with OpenMP's default spin-waiting, threads
 that lose their core stall each other at every barrier (resnet18 at 2 threads on a 2-core machine at load 12:
-1.7 s per call, 0.4 s passive, 0.4 s at 1 thread). With ``VB_BENCH_OUT=DIR`` it also writes ``DIR/env.json``
-(machine, ISA, threads, OpenMP settings, versions, git sha), ``DIR/summary.csv`` (one row per model) and
-``DIR/rounds.csv`` (every call's time, in call order).
+median 1.8 s per call, 0.43 s passive, 0.40 s at 1 thread; ``results/cpu-vs-torchvision/omp_wait_policy_check.txt``).
+With ``VB_BENCH_OUT=DIR`` it also writes ``DIR/env.json`` (machine, ISA, threads, OpenMP settings, versions, git
+sha), ``DIR/summary.csv`` (one row per model) and ``DIR/rounds.csv`` (every call's time, in call order).
 
 Weights are torchvision's random init copied into ours (same numbers in both models, so data-dependent speed such
 as denormals cannot differ).
