@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .._triton import dispatch_path
 from .kernel import conv_forward
 from .op import DepthwiseConv2d, autocast_args, depthwise_conv2d, is_depthwise_conv
-from .reference import IntPair, Padding, conv_geometry
+from .reference import IntPair, Padding, accepts_unbatched, conv_geometry
 
 __all__ = ["DepthwiseConvBNSiLU", "depthwise_conv2d_silu", "fold_bn", "fuse_conv_bn_silu"]
 
@@ -48,9 +48,11 @@ def fold_bn(weight: torch.Tensor, bias: torch.Tensor | None,
         return w.to(weight.dtype), (beta + (b - mean) * s).to(weight.dtype)
 
 
+@accepts_unbatched
 def depthwise_conv2d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                           stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
-    """``silu(depthwise_conv2d(x, weight, bias, stride, padding, dilation))``, ``[N, C, H, W] -> [N, C, Ho, Wo]``.
+    """``silu(depthwise_conv2d(x, weight, bias, stride, padding, dilation))``, ``[N, C, H, W] -> [N, C, Ho, Wo]``
+    (or unbatched ``[C, H, W] -> [C, Ho, Wo]``).
 
     One fused Triton launch when no gradient is needed (inference); the unfused, differentiable composition when
     autograd is recording and an input requires grad, or on the reference path.

@@ -15,7 +15,15 @@ from torch.autograd.function import once_differentiable
 
 from .._triton import HAS_TRITON, dispatch_path
 from .kernel import conv_backward_input, conv_backward_weight, conv_forward
-from .reference import ConvGeometry, IntPair, Padding, conv_geometry, depthwise_conv2d_reference, is_channels_last
+from .reference import (
+    ConvGeometry,
+    IntPair,
+    Padding,
+    accepts_unbatched,
+    conv_geometry,
+    depthwise_conv2d_reference,
+    is_channels_last,
+)
 
 __all__ = [
     "DepthwiseConv2d",
@@ -64,6 +72,7 @@ def autocast_args(x: torch.Tensor, weight: torch.Tensor,
     return x, weight, bias
 
 
+@accepts_unbatched
 def depthwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                             stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
     """The Triton path only (autograd-aware); raises ``RuntimeError`` where Triton cannot run on ``x``'s device."""
@@ -78,6 +87,7 @@ def depthwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return _DepthwiseConv2dFunction.apply(x, weight, bias, geo)
 
 
+@accepts_unbatched
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
     """Depthwise 2-D convolution, ``F.conv2d(x, weight, bias, stride, padding, dilation, groups=C)``.
@@ -86,14 +96,15 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     (zero outside the input).
 
     Args:
-        x: ``[N, C, H, W]``, NCHW or channels_last; fp32, fp16, bf16 (fp64 works too).
+        x: ``[N, C, H, W]``, NCHW or channels_last, or unbatched ``[C, H, W]`` (as ``F.conv2d``); fp32, fp16, bf16
+            (fp64 works too).
         weight: ``[C, 1, kH, kW]``, same dtype and device.
         bias: ``[C]`` or None.
         stride, dilation: int or ``(h, w)``.
         padding: int, ``(h, w)``, ``"valid"`` or ``"same"`` (stride 1).
     Returns:
-        ``[N, C, Ho, Wo]`` in ``x``'s dtype and memory format (channels_last in, channels_last out; otherwise NCHW),
-        ``Ho = (H + 2*ph - dh*(kH-1) - 1) // sh + 1``. Accumulation in fp32.
+        ``[N, C, Ho, Wo]`` (``[C, Ho, Wo]`` for unbatched ``x``) in ``x``'s dtype and memory format (channels_last
+        in, channels_last out; otherwise NCHW), ``Ho = (H + 2*ph - dh*(kH-1) - 1) // sh + 1``. Accumulation in fp32.
 
     Runs the Triton kernel on CUDA and in the Triton interpreter on the CPU (``TRITON_INTERPRET=1``), the
     pure-PyTorch reference elsewhere (see :func:`kernels.dispatch_path`). Differentiable in ``x``, ``weight`` and
@@ -116,7 +127,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     Same constructor as ``nn.Conv2d`` (``out_channels`` and ``groups`` default to ``in_channels`` and must equal it;
     ``padding_mode`` must be ``"zeros"``), same parameters, so state dicts are interchangeable.
-    ``[N, C, H, W] -> [N, C, Ho, Wo]``.
+    ``[N, C, H, W] -> [N, C, Ho, Wo]``, or unbatched ``[C, H, W] -> [C, Ho, Wo]``.
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: IntPair = 3,

@@ -11,16 +11,34 @@ fp32 (as the kernels do) and rounded once at the end; fp64 stays fp64. Different
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ConvGeometry", "IntPair", "Padding", "conv_geometry", "depthwise_conv2d_reference", "is_channels_last"]
+__all__ = ["ConvGeometry", "IntPair", "Padding", "accepts_unbatched", "conv_geometry", "depthwise_conv2d_reference",
+           "is_channels_last"]
 
 IntPair = int | Sequence[int]
 Padding = int | Sequence[int] | str
+_Fn = TypeVar("_Fn", bound=Callable[..., torch.Tensor])
+
+
+def accepts_unbatched(fn: _Fn) -> _Fn:
+    """Let a batched ``fn(x [N, C, H, W], ...) -> [N, C, Ho, Wo]`` also take an unbatched ``x [C, H, W]`` and return
+    ``[C, Ho, Wo]``, as ``F.conv2d`` / ``nn.Conv2d`` do: ``fn(x.unsqueeze(0), ...).squeeze(0)``. Both are views,
+    so autograd (forward and backward) goes through ``fn``'s batched path unchanged."""
+
+    @functools.wraps(fn)
+    def wrapper(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if isinstance(x, torch.Tensor) and x.dim() == 3:
+            return fn(x.unsqueeze(0), *args, **kwargs).squeeze(0)
+        return fn(x, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -64,12 +82,13 @@ def conv_geometry(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
                   padding: Padding, dilation: IntPair) -> ConvGeometry:
     """Check the arguments as ``F.conv2d(groups=C)`` would and resolve them.
 
-    ``x [N, C, H, W]``, ``weight [C, 1, kH, kW]``, ``bias [C]`` or None. ``padding`` is an int, a pair, or
+    ``x [N, C, H, W]`` (the public functions take ``[C, H, W]`` too, through :func:`accepts_unbatched`),
+    ``weight [C, 1, kH, kW]``, ``bias [C]`` or None. ``padding`` is an int, a pair, or
     ``"valid"`` / ``"same"`` (stride 1 only; for an odd total ``d*(k-1)`` the extra row/column goes to the
     bottom/right, as in PyTorch). Output size ``Ho = (H + top + bottom - DH*(kH-1) - 1) // SH + 1``.
     """
     if x.dim() != 4:
-        raise ValueError(f"depthwise_conv2d: expected x of shape [N, C, H, W], got {tuple(x.shape)}")
+        raise ValueError(f"depthwise_conv2d: expected x of shape [N, C, H, W] or [C, H, W], got {tuple(x.shape)}")
     c = x.shape[1]
     if weight.dim() != 4 or weight.shape[0] != c or weight.shape[1] != 1:
         raise ValueError(f"depthwise_conv2d: expected weight of shape [{c}, 1, kH, kW] for x with {c} channels, "
@@ -109,16 +128,18 @@ def conv_geometry(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return ConvGeometry(kh, kw, (sh, sw), (pt, pl), (dh, dw), (h, w), (ho, wo), (pb, pr))
 
 
+@accepts_unbatched
 def depthwise_conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                                stride: IntPair = 1, padding: Padding = 0, dilation: IntPair = 1) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=C)`` as a sum of ``kH*kW`` shifted slices.
 
     Args:
-        x: ``[N, C, H, W]``, any memory format; fp16/bf16/fp32/fp64.
+        x: ``[N, C, H, W]``, any memory format, or unbatched ``[C, H, W]``; fp16/bf16/fp32/fp64.
         weight: ``[C, 1, kH, kW]``, same dtype.
         bias: ``[C]`` or None.
     Returns:
-        ``[N, C, Ho, Wo]`` in ``x``'s dtype, channels_last if ``x`` is channels_last.
+        ``[N, C, Ho, Wo]`` (``[C, Ho, Wo]`` for unbatched ``x``) in ``x``'s dtype, channels_last if ``x`` is
+        channels_last.
     """
     geo = conv_geometry(x, weight, bias, stride, padding, dilation)
     c = x.shape[1]

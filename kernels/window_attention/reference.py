@@ -22,9 +22,11 @@ def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """Eager Swin window attention, written as Swin's ``WindowAttention.forward`` computes it.
 
     Args:
-        q, k, v: ``[B_, H, N, D]``.
-        bias: ``[H, N, N]`` or None; may be in a different float dtype than ``q`` (e.g. an fp32 parameter with bf16
-            activations under autocast): PyTorch's type promotion then runs the softmax in the wider dtype.
+        q, k, v: ``[B_, H, N, D]`` (as Swin's eager attention, ``k`` and ``v`` may also be ``[B_, H, M, D]`` and
+            ``v``'s head size may differ from ``q``'s).
+        bias: ``[H, N, N]`` (or anything that broadcasts against the ``[B_, H, N, M]`` scores) or None; may be in
+            a different float dtype than ``q`` (e.g. an fp32 parameter with bf16 activations under autocast):
+            PyTorch's type promotion then runs the softmax in the wider dtype.
         mask: ``[nW, N, N]`` additive or None; window ``b`` gets ``mask[b % nW]``. ``B_`` must be a multiple of nW.
         scale: defaults to ``D ** -0.5``.
 
@@ -33,14 +35,14 @@ def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """
     B_, H, N, D = q.shape
     scale = D**-0.5 if scale is None else scale
-    attn = (q * scale) @ k.transpose(-2, -1)  # [B_, H, N, N]; Swin scales q before the product
+    attn = (q * scale) @ k.transpose(-2, -1)  # [B_, H, N, M]; Swin scales q before the product
     if bias is not None:
-        attn = attn + bias.unsqueeze(0)
+        attn = attn + bias  # plain broadcasting, as Swin's eager attention: [H, N, M], [1, H, N, M], [B_, H, N, M]
     if mask is not None:
         nW = mask.shape[0]
         if B_ % nW:
             raise ValueError(f"B_={B_} windows is not a multiple of the mask's nW={nW}")
-        attn = (attn.view(B_ // nW, nW, H, N, N) + mask.view(1, nW, 1, N, N)).view(B_, H, N, N)
+        attn = (attn.reshape(B_ // nW, nW, H, N, -1) + mask.unsqueeze(1)).view(B_, H, N, -1)
     attn = attn.softmax(dim=-1)
     return attn.to(v.dtype) @ v
 

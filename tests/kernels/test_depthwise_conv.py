@@ -301,8 +301,8 @@ def test_argument_errors(fn: Callable[..., torch.Tensor]) -> None:
         fn(x, w, None, 1, 0, 5)
     with pytest.raises(ValueError, match=">= 1"):
         fn(x, w, None, 0)
-    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
-        fn(x[0], w)
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\] or \[C, H, W\]"):
+        fn(x[0, 0], w)  # 2-D; an unbatched [C, H, W] x is valid, as for F.conv2d
 
 
 # --- dispatch and autocast ------------------------------------------------------------------------------------------
