@@ -137,6 +137,14 @@ class CompileFellBack(RuntimeError):
     """``backend=compile`` ran without torch.compile compiling a graph: the row would be an eager figure."""
 
 
+def _build(spec: Any) -> torch.nn.Module:
+    """The model with the same weights in every config and process: a detector's work depends on its weights (how many
+    proposals survive NMS), so without a fixed seed two configs of one model would count, and do, different work."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return spec.builder()
+
+
 def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Build the model and a zero-arg ``step`` closure for ``cfg``; returns it with facts for the row."""
     import models
@@ -148,7 +156,7 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
         from kernels import dispatch_path
         from kernels.registry import patch_model
 
-        model = spec.builder()
+        model = _build(spec)
         # FLOPs are counted on the unpatched model (see _count): the counters cannot see inside a Triton launch.
         # A copy, not a second build, so data-dependent work (detection proposals) is that of the same weights.
         facts["_unpatched"] = copy.deepcopy(model)
@@ -159,7 +167,7 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
         if not any(switched.values()):
             raise Unsupported(f"{cfg.model} has no hot path for kernels={cfg.kernels or 'all'}")
     else:
-        model = spec.builder()
+        model = _build(spec)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -95,3 +95,13 @@ def test_bare_triton_launch_is_reported() -> None:
     fc = count_flops(fn, x, fvcore=False)
     assert torch.equal(fn(x), x * 2.0)
     assert fc.unsupported == ["triton:_scale_kernelx1 (Triton launch: FLOPs not counted)"]
+
+
+def test_every_config_builds_the_same_weights() -> None:
+    """A detector's FLOPs depend on its weights (proposals kept by NMS): every config and process gets the same ones."""
+    torch.manual_seed(123)
+    _, a = build_step(Config("basic_cnn", "eager", "infer", "cpu", "fp32", 1))
+    torch.manual_seed(456)
+    _, b = build_step(Config("basic_cnn", "eager", "infer", "cpu", "bf16", 2))
+    sa, sb = a["_model"].state_dict(), b["_model"].state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
