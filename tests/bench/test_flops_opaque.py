@@ -4,8 +4,11 @@ launch) is named in ``flops_counter_warnings`` instead of vanishing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
+import torch.nn as nn
 
 from bench.config import Config
 from bench.flops import count_flops
@@ -17,13 +20,28 @@ def _counted(cfg: Config) -> dict:
     return _count(cfg, facts)
 
 
+@pytest.fixture
+def tiny_depthwise_model() -> Iterator[str]:
+    """A 3-layer CNN with one depthwise convolution (the ``depthwise_conv`` hot path), cheap in the interpreter."""
+    from models.registry import _REGISTRY, register_model
+
+    def vbtest_depthwise_cnn(**_: object) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    register_model(family="fake", input_shape=(3, 16, 16), num_classes=4, hot_paths=("depthwise_conv",))(
+        vbtest_depthwise_cnn)
+    yield "vbtest_depthwise_cnn"
+    _REGISTRY.pop("vbtest_depthwise_cnn", None)
+
+
 @pytest.mark.triton
-def test_triton_backend_counts_the_unpatched_eager_model() -> None:
+def test_triton_backend_counts_the_unpatched_eager_model(tiny_depthwise_model: str) -> None:
     """No cache shared with an eager config (as with --isolate, Ray or a triton-only run): the counts must still match.
-    Before the fix the patched model was counted: its depthwise convolutions ran as Triton launches, which no counter
-    sees (-8.4% GFLOPs for efficientnet_b0), and fvcore could not trace the interpreter at all (gmacs empty)."""
-    eager = _counted(Config("efficientnet_b0", "eager", "infer", "cpu", "fp32", 1, input_size=32))
-    triton = _counted(Config("efficientnet_b0", "triton", "infer", "cpu", "bf16", 1, kernels="all", input_size=32))
+    Before the fix the patched model was counted: its depthwise convolution ran as a Triton launch, which no counter
+    sees (efficientnet_b0: -8.4% GFLOPs), and fvcore could not trace the interpreter (gmacs empty)."""
+    eager = _counted(Config(tiny_depthwise_model, "eager", "infer", "cpu", "fp32", 2))
+    triton = _counted(Config(tiny_depthwise_model, "triton", "infer", "cpu", "bf16", 2, kernels="depthwise_conv"))
     assert eager["gflops"] > 0 and eager["gmacs"] is not None
     assert triton["gflops"] == eager["gflops"] and triton["gmacs"] == eager["gmacs"]
     assert "triton:" not in triton["flops_counter_warnings"]
