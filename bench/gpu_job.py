@@ -24,10 +24,12 @@ directly. With no CUDA device it exits 1 after one sentence saying so (``--dry-r
 configs and checks the imports). The exit code is non-zero when a kernel step fails or a model config ends in
 ``error``, ``timeout`` or ``crashed`` (the sweep's own rule); every step runs and writes its files either way.
 
-``--preflight [--arch sm_90]`` runs on a machine *without* a GPU (``TRITON_INTERPRET`` unset): every Triton launch
-this job would make — the kernel cases at their real shapes, and each ``triton``-backend model config end to end at
-its batch size — is recorded and compiled for the architecture (:mod:`bench.kernelbench.aot`), into
-``OUT/kernels_compile.csv`` and ``OUT/report.md``; exit 1 if one would not compile or launch.
+``--preflight [--arch sm_90]`` runs on a machine *without* a GPU (``TRITON_INTERPRET`` unset): every launch of this
+project's ``@triton.jit`` kernels that this job would make — the kernel cases at their real shapes, and each
+``triton``-backend model config end to end at its batch size — is recorded and compiled for the architecture
+(:mod:`bench.kernelbench.aot`), into ``OUT/kernels_compile.csv`` and ``OUT/report.md``; exit 1 if one would not compile
+or launch. The Triton code that inductor and FlexAttention generate (the ``compile`` and FlexAttention providers, the
+``compile`` model configs) is not covered: it only exists once those compile on the GPU.
 """
 
 from __future__ import annotations
