@@ -160,3 +160,13 @@ def test_benchmarks_session_runs_what_the_readme_quotes(text: str) -> None:
     env = next(ast.literal_eval(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
                and any(getattr(t, "id", None) == "BENCHMARKS_ENV" for t in node.targets))
     assert (env["VB_BENCH_THREADS"], env["VB_BENCH_BATCH"], env["VB_BENCH_ROUNDS"]) == (m[1], m[2], m[3])
+
+
+def test_gpu_job_config_counts(text: str) -> None:
+    from bench.gpu_job import model_configs
+
+    configs = model_configs()
+    by_backend = {b: sum(c.backend == b for c in configs) for b in ("triton", "compile")}
+    assert int(find(text, r"--dry-run` lists its (\d+) model configs")[1]) == len(configs)
+    assert int(find(text, r"the (\d+) `compile` model configs")[1]) == by_backend["compile"]
+    assert int(find(text, r"launches from the (\d+) `triton`-backend model configs")[1]) == by_backend["triton"]
