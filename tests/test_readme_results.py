@@ -64,6 +64,8 @@ def test_kernel_check_counts_and_worst_errors(text: str) -> None:
     m = find(text, r"python -m bench kernels --check`\): (\d+) rows .*?\*\*(\d+) pass\*\*")
     df = pd.read_csv(RESULTS / "cpu-kernels-check" / "kernels_check.csv")
     assert (int(m[1]), int(m[2])) == (len(df), int((df.status == "pass").sum()))
+    sha = find(text, r"\*\*\d+ pass\*\*, in [^,]+, at commit ([0-9a-f]{7,})")[1]  # the code the figures belong to
+    assert df.git_sha.astype(str).str.startswith(sha).all(), f"kernels_check.csv was not made at {sha}"
     # "the worst kernel error is at most 0.07 of its bound for depthwise_conv and roi_align and 0.50 for ..."
     m = find(text, r"worst kernel error is at most ([\d.]+) of its bound for depthwise_conv and roi_align and "
                    r"([\d.]+) for window_attention")
