@@ -407,13 +407,33 @@ _ENV_FIELDS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
 ]
 
 
+# The 1-minute load average per core (env.json's ``load_avg[0]`` / ``cpu_count``) differs materially when one run had a
+# quarter of the machine more busy than the other: on 2 cores, one extra runnable process for half of the minute.
+# A smaller difference is ordinary fluctuation (the load average moves between any two runs) and is not listed.
+LOAD_PER_CORE_DIFF = 0.25
+
+
+def _load_per_core(env: dict[str, Any]) -> float | None:
+    load = env.get("load_avg")
+    if not load:
+        return None
+    return float(load[0]) / max(int(env.get("cpu_count") or 1), 1)
+
+
 def env_diff(base: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
-    """Fields whose values differ between the two environments (a field missing on both sides is skipped)."""
+    """Fields whose values differ between the two environments (a field missing on both sides is skipped), and the
+    load when it differs by more than :data:`LOAD_PER_CORE_DIFF` per core."""
     out = []
     for name, get, material in _ENV_FIELDS:
         vb, vn = get(base), get(new)
         if (vb is not None or vn is not None) and str(vb) != str(vn):
             out.append({"field": name, "base": vb, "new": vn, "material": material})
+    lb, ln = _load_per_core(base), _load_per_core(new)
+    if lb is not None and ln is not None and abs(lb - ln) > LOAD_PER_CORE_DIFF:
+        out.append({"field": "load (1-min avg per core)", "base": round(lb, 2), "new": round(ln, 2), "material": True})
+    elif (lb is None) != (ln is None):  # one side predates load recording: say so, but it proves nothing
+        out.append({"field": "load (1-min avg per core)", "base": None if lb is None else round(lb, 2),
+                    "new": None if ln is None else round(ln, 2), "material": False})
     return out
 
 

@@ -62,12 +62,18 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
+        """A config from a dict or a result row read back as strings; :class:`BadInputError` names a bad field."""
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        kw["batch_size"] = int(kw["batch_size"])
-        kw["input_size"] = int(kw.get("input_size") or 0)
+        for f in ("model", "backend", "mode", "device", "dtype", "batch_size"):
+            if kw.get(f) in (None, ""):
+                raise BadInputError(f"field {f!r} is missing or empty")
+        for f in ("model", "backend", "mode", "device", "dtype"):
+            kw[f] = str(kw[f])
+        kw["batch_size"] = _as_int("batch_size", kw["batch_size"], minimum=1)
+        kw["input_size"] = _as_int("input_size", kw.get("input_size") or 0, minimum=0)
         kw["channels_last"] = _as_bool(kw.get("channels_last", False))
-        kw["kernels"] = kw.get("kernels") or ""
+        kw["kernels"] = str(kw.get("kernels") or "")
         return cls(**kw)
 
     def label(self) -> str:
@@ -75,6 +81,18 @@ class Config:
         extra += f" k={self.kernels}" if self.kernels not in ("", "all") else ""
         size = f" {self.input_size}px" if self.input_size else ""
         return f"{self.model} {self.backend} {self.mode} {self.device} {self.dtype} b{self.batch_size}{size}{extra}"
+
+
+def _as_int(name: str, v: Any, minimum: int) -> int:
+    """An integer field of a config (``3``, ``"3"``, ``3.0``); anything else names the field."""
+    try:
+        f = float(v)
+        ok = not isinstance(v, bool) and f.is_integer() and f >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BadInputError(f"field {name!r} must be an integer >= {minimum}, got {v!r}")
+    return int(f)
 
 
 def _as_bool(v: Any) -> bool:
@@ -109,17 +127,54 @@ def load_suites(path: Path = SUITES_FILE) -> dict[str, dict[str, Any]]:
     suites = data.get("suite")
     if not isinstance(suites, dict) or not suites:
         raise BadInputError(f"{path}: malformed suite file (no [suite.NAME] tables)")
-    allowed = {"description", "models", "batch_sizes", "dtypes", "devices", "modes", "backends", "channels_last",
-               "input_size", "timeout_s", "isolate", "min_time_s", "warmup_s", "model_batch_sizes", "kernels",
-               "model_input_size", "budget_s", "max_config_s"}
+    allowed = set(_SUITE_TYPES)
     for name, s in suites.items():
+        if not isinstance(s, dict):
+            raise BadInputError(f"{path}: suite {name!r} must be a [suite.{name}] table, got {s!r}")
         unknown = set(s) - allowed
         if unknown:
             raise BadInputError(f"{path}: suite {name!r} has unknown keys {sorted(unknown)}; valid: {sorted(allowed)}")
-        for k in ("batch_sizes", "dtypes", "devices", "modes", "backends"):
-            if k in s and not isinstance(s[k], list):
-                raise BadInputError(f"{path}: suite {name!r} key {k!r} must be a list")
+        for k, v in s.items():
+            check, what = _SUITE_TYPES[k]
+            if not check(v):
+                raise BadInputError(f"{path}: suite {name!r} key {k!r} must be {what}, got {v!r}")
     return suites
+
+
+def _is_int(v: Any, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _is_list(v: Any, item: Any) -> bool:
+    return isinstance(v, list) and all(item(x) for x in v)
+
+
+# Each suite key's type, checked when the file is read (a wrong type would otherwise surface later as a traceback,
+# or a string be iterated letter by letter): (check, description for the one-line error).
+_SUITE_TYPES: dict[str, tuple[Any, str]] = {
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "models": (lambda v: v == "all" or _is_list(v, lambda x: isinstance(x, str)), 'a list of model names or "all"'),
+    "batch_sizes": (lambda v: _is_list(v, lambda x: _is_int(x, 1)), "a list of positive integers"),
+    **{k: (lambda v: _is_list(v, lambda x: isinstance(x, str)), "a list of strings")
+       for k in ("dtypes", "devices", "modes", "backends", "kernels")},
+    "channels_last": (lambda v: _is_list(v, lambda x: isinstance(x, bool)), "a list of true/false"),
+    "input_size": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "timeout_s": (_is_number, "a number of seconds >= 0"),
+    "min_time_s": (_is_number, "a number of seconds >= 0"),
+    "warmup_s": (_is_number, "a number of seconds >= 0"),
+    "budget_s": (_is_number, "a number of seconds >= 0"),
+    "max_config_s": (_is_number, "a number of seconds >= 0"),
+    "isolate": (lambda v: isinstance(v, bool), "true or false"),
+    "model_batch_sizes": (lambda v: isinstance(v, dict) and all(_is_list(x, lambda b: _is_int(b, 1))
+                                                                for x in v.values()),
+                          "a table of model = [positive integers]"),
+    "model_input_size": (lambda v: isinstance(v, dict) and all(_is_int(x, 0) for x in v.values()),
+                         "a table of model = integer >= 0"),
+}
 
 
 def expand(models: Iterable[str], batch_sizes: Iterable[int], dtypes: Iterable[str], devices: Iterable[str],

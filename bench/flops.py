@@ -8,8 +8,9 @@
 Known gaps we close here: on the CPU ``F.scaled_dot_product_attention`` dispatches to
 ``aten._scaled_dot_product_flash_attention_for_cpu``, which has no formula in torch (so it counted 0 FLOPs), and
 fvcore has no handle for ``aten::scaled_dot_product_attention``. We register both (forward 4·B·H·N·M·D FLOPs =
-2·B·H·N·M·D MACs; backward as torch's own GPU formula). Matmul-like ops that a counter still does not know are listed
-in :attr:`FlopCount.unsupported`, never silently dropped.
+2·B·H·N·M·D MACs; backward as torch's own GPU formula). Matmul-like aten ops that a counter still does not know,
+operators outside PyTorch's namespaces without a formula (custom ops) and Triton launches outside any counted
+operator are listed in :attr:`FlopCount.unsupported`, never silently dropped.
 """
 
 from __future__ import annotations
@@ -59,28 +60,103 @@ _HEAVY_TOKENS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "conv", "conv1d", "c
                  "attention", "linear", "einsum", "matmul", "roi", "deform"}
 
 
-class _OpRecorder(TorchDispatchMode):
-    """Records every aten overload that runs (to find heavy ops the FLOP counter has no formula for)."""
+# Namespaces of PyTorch's own operators. An operator from any other namespace (a custom op, e.g. one that wraps a
+# Triton kernel) without a FLOP formula is opaque to the counter: its work is reported, never dropped silently.
+_BUILTIN_NAMESPACES = {"aten", "prims", "prim", "quantized", "_c10d_functional", "c10d", "profiler", "debugprims"}
+
+
+class _Coverage:
+    """Shared between the recorders: > 0 while an operator whose FLOPs the counter does count is running (a Triton
+    launch inside it is then accounted for by that operator's formula)."""
 
     def __init__(self) -> None:
+        self.depth = 0
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records every operator overload that runs (to find heavy or opaque ops the FLOP counter has no formula for)."""
+
+    def __init__(self, coverage: _Coverage | None = None) -> None:
         super().__init__()
         self.seen: Counter[str] = Counter()
         self.packets: set[Any] = set()
+        self.coverage = coverage or _Coverage()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.seen[str(func.overloadpacket)] += 1
-        self.packets.add(func.overloadpacket)
-        return func(*args, **(kwargs or {}))
+        pkt = func.overloadpacket
+        self.seen[str(pkt)] += 1
+        self.packets.add(pkt)
+        counted = func in _fc.flop_registry or pkt in _fc.flop_registry
+        if counted:
+            self.coverage.depth += 1
+        try:
+            return func(*args, **(kwargs or {}))
+        finally:
+            if counted:
+                self.coverage.depth -= 1
 
 
 def _torch_unsupported(rec: _OpRecorder) -> list[str]:
     known = {getattr(k, "overloadpacket", k) for k in _fc.flop_registry}
     out = []
     for pkt in rec.packets:
+        if pkt in known:
+            continue
         name = str(pkt).split(".")[-1]
-        if pkt not in known and _HEAVY_TOKENS & set(name.split("_")) and not name.endswith("_"):
+        namespace = getattr(pkt, "_qualified_op_name", str(pkt)).split("::")[0]
+        if namespace not in _BUILTIN_NAMESPACES:
+            out.append(f"torch:{pkt}x{rec.seen[str(pkt)]} (opaque op, no FLOP formula: not counted)")
+        elif _HEAVY_TOKENS & set(name.split("_")) and not name.endswith("_"):
             out.append(f"torch:{pkt}x{rec.seen[str(pkt)]}")
     return sorted(out)
+
+
+class _LaunchRecorder:
+    """Counts Triton kernel launches (compiled JIT or interpreter) made while active.
+
+    A ``kernel[grid](...)`` call never passes through PyTorch's dispatcher, so no dispatch-level counter sees its
+    work; unless it runs inside an operator that has a FLOP formula (see :class:`_Coverage`), it is reported.
+    ``JITFunction.run`` / ``InterpretedFunction.run`` are wrapped for the duration only (autotuners and heuristics
+    call them too)."""
+
+    def __init__(self, coverage: _Coverage) -> None:
+        self.coverage = coverage
+        self.launches: Counter[str] = Counter()
+        self._restore: list[tuple[type, Any]] = []
+
+    def __enter__(self) -> _LaunchRecorder:
+        classes: list[type] = []
+        try:
+            from triton.runtime.jit import JITFunction
+
+            classes.append(JITFunction)
+            from triton.runtime.interpreter import InterpretedFunction
+
+            classes.append(InterpretedFunction)
+        except Exception:  # noqa: BLE001 - no Triton (or an older one): there is nothing to launch
+            pass
+        for cls in classes:
+            original = cls.__dict__.get("run")
+            if original is None:  # another Triton layout: launches go uncounted *and* unreported; say so in tests
+                continue
+            self._restore.append((cls, original))
+
+            def run(kernel: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if not kwargs.get("warmup") and self.coverage.depth == 0:
+                    fn = getattr(kernel, "fn", kernel)
+                    self.launches[getattr(fn, "__name__", type(kernel).__name__)] += 1
+                return _original(kernel, *args, **kwargs)
+
+            cls.run = run
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, original in reversed(self._restore):
+            cls.run = original
+        self._restore.clear()
+
+    def unsupported(self) -> list[str]:
+        return [f"triton:{name}x{n} (Triton launch: FLOPs not counted)" for name, n in sorted(self.launches.items())]
 
 
 # --- fvcore ---------------------------------------------------------------------------------------------------------
@@ -152,14 +228,15 @@ def count_flops(fn: Callable[..., Any], *args: Any, backward: bool = False, fvco
     """
     flops, unsupported = 0, []
     if torch_counter:
-        rec = _OpRecorder()
+        coverage = _Coverage()
+        rec = _OpRecorder(coverage)
         counter = _fc.FlopCounterMode(display=False)
-        with counter, rec:
+        with counter, rec, _LaunchRecorder(coverage) as launches:
             out = fn(*args, **kwargs)
             if backward:
                 out.backward()
         flops = int(counter.get_total_flops())
-        unsupported = _torch_unsupported(rec)
+        unsupported = _torch_unsupported(rec) + launches.unsupported()
     notes: list[str] = []
     macs = None
     if fvcore:

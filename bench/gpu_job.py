@@ -4,7 +4,7 @@
 
 Steps, all written under ``OUT_DIR`` and bounded by one wall-clock budget (default 7.5 minutes):
 
-1. ``kernels --check`` on CUDA at the real model shapes, fp32/fp16/bf16, forward and backward -> ``kernels_check.csv``
+1. ``kernels --check`` on CUDA at the real model shapes, bf16/fp16/fp32, forward and backward -> ``kernels_check.csv``
    (at most 15% of the budget)
 2. ``kernels --bench`` for every kernel and provider -> ``kernels.csv`` (at most 40% of the budget: the inductor and
    FlexAttention providers compile per case, several seconds each, so not every shape fits). Both interleave the
@@ -13,18 +13,23 @@ Steps, all written under ``OUT_DIR`` and bounded by one wall-clock budget (defau
    ``kernels_check_skipped.txt`` / ``kernels_bench_skipped.txt``.
 3. a model sweep -> ``results.csv``: every model at batch 1 and a throughput batch, fp32/tf32/bf16 eager; the
    ``triton`` backend for models with a kernel hot path; ``torch.compile`` for a few representative models only (a
-   compile of every model would not fit the budget). Configs are ordered by priority and the sweep stops starting
-   new ones when the budget is spent; the ones skipped are listed in ``skipped.txt`` (never reported as measured).
+   compile of every model would not fit the budget). Each config runs in its own worker process, as ``run --suite gpu``
+   does, so a segfault, a sticky CUDA error or a hung kernel ends that config (``crashed`` / ``timeout``), not the job.
+   Configs are ordered by priority and the sweep stops starting new ones when the budget is spent; the ones skipped
+   are listed in ``skipped.txt`` (never reported as measured).
 4. ``report.md`` (with the kernel sections) and a short summary table printed last.
 
 Without fvcore (not on every GPU image) the GMACs column stays empty and says why; without nox, call this module
 directly. With no CUDA device it exits 1 after one sentence saying so (``--dry-run`` works anywhere: it lists the
-configs and checks the imports).
+configs and checks the imports). The exit code is non-zero when a kernel step fails or a model config ends in
+``error``, ``timeout`` or ``crashed`` (the sweep's own rule); every step runs and writes its files either way.
 
-``--preflight [--arch sm_90]`` runs on a machine *without* a GPU (``TRITON_INTERPRET`` unset): every Triton launch
-this job would make — the kernel cases at their real shapes, and each ``triton``-backend model config end to end at
-its batch size — is recorded and compiled for the architecture (:mod:`bench.kernelbench.aot`), into
-``OUT/kernels_compile.csv`` and ``OUT/report.md``; exit 1 if one would not compile or launch.
+``--preflight [--arch sm_90]`` runs on a machine *without* a GPU (``TRITON_INTERPRET`` unset): every launch of this
+project's ``@triton.jit`` kernels that this job would make — the kernel cases at their real shapes, and each
+``triton``-backend model config end to end at its batch size — is recorded and compiled for the architecture
+(:mod:`bench.kernelbench.aot`), into ``OUT/kernels_compile.csv`` and ``OUT/report.md``; exit 1 if one would not compile
+or launch. The Triton code that inductor and FlexAttention generate (the ``compile`` and FlexAttention providers, the
+``compile`` model configs) is not covered: it only exists once those compile on the GPU.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["main", "model_configs"]
+__all__ = ["main", "model_configs", "check_argv", "job_exit_code"]
+
+# bf16 first: a check cut short by its budget has then covered every kernel in bf16 (``iter_cases`` keeps this order).
+CHECK_DTYPES = ("bf16", "fp16", "fp32")
 
 COMPILE_MODELS = ("resnet50", "efficientnet_b0", "vit_b_16", "swin_t")
 THROUGHPUT_BATCH = {"fasterrcnn_resnet50_fpn": 4, "vit_l_16": 32, "mae_vit_l_16": 32, "unet": 8, "unet_transposed": 8,
@@ -68,6 +76,20 @@ def model_configs() -> list:
 def _kernel_budgets(total_s: float) -> tuple[float, float]:
     """Seconds for ``kernels --check`` and ``kernels --bench``; the model sweep gets the rest (less a 60 s margin)."""
     return 0.15 * total_s, 0.40 * total_s
+
+
+def check_argv(out: Path, budget_s: float) -> list[str]:
+    """The ``kernels --check`` step's arguments."""
+    return ["--check", "--device", "cuda", "--real-shapes", "--dtypes", *CHECK_DTYPES, "--out", str(out),
+            "--budget-s", f"{budget_s:.0f}"]
+
+
+def job_exit_code(step_codes: dict[str, int], model_rows: list[dict]) -> int:
+    """The worst kernel-step exit code, and 1 if a model config ended in a failed status (``FAILED_STATUSES``)."""
+    from bench.sweep import FAILED_STATUSES
+
+    failed = any(r.get("status") in FAILED_STATUSES for r in model_rows)
+    return max([*step_codes.values(), 1 if failed else 0])
 
 
 def preflight(configs: list, out: Path, arch: str) -> int:
@@ -127,18 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     from bench.progress import console, summary_table
     from bench.report import write_report
     from bench.runner import RunOptions
-    from bench.sweep import run_sweep
+    from bench.sweep import FAILED_STATUSES, run_sweep
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     codes = {}
     check_s, bench_s = _kernel_budgets(args.budget_s)
-    codes["check"] = kernels_run(["--check", "--device", "cuda", "--real-shapes", "--dtypes", "fp32", "fp16", "bf16",
-                                  "--out", str(out), "--budget-s", f"{check_s:.0f}"])
+    codes["check"] = kernels_run(check_argv(out, check_s))
     codes["bench"] = kernels_run(["--bench", "--device", "cuda", "--out", str(out), "--warmup-ms", "10",
                                   "--rep-ms", "40", "--budget-s", f"{bench_s:.0f}"])
     opts = RunOptions(warmup_s=0.1, min_time_s=0.2, timeout_s=90.0)
-    done = run_sweep(configs, out, opts, resume=True, progress=True, argv=sys.argv,
+    done = run_sweep(configs, out, opts, isolate=True, resume=True, progress=True, argv=sys.argv,
                      deadline=t_start + args.budget_s - 60.0)
     skipped = (out / "skipped.txt").read_text().splitlines() if (out / "skipped.txt").exists() else []
     write_report(out)
@@ -147,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
 
     n_kskip = sum(len((out / skipped_file(m)).read_text().splitlines()) for m in ("check", "bench")
                   if (out / skipped_file(m)).exists())
+    n_failed = sum(r.get("status") in FAILED_STATUSES for r in done)
     console.print(f"kernels --check exit {codes['check']}, kernels --bench exit {codes['bench']} ({n_kskip} kernel "
-                  f"cases skipped for time); {time.monotonic() - t_start:.0f} s total; outputs in {out}")
-    return max(codes.values())
+                  f"cases skipped for time); {n_failed} model config(s) failed; "
+                  f"{time.monotonic() - t_start:.0f} s total; outputs in {out}")
+    return job_exit_code(codes, done)
 
 
 if __name__ == "__main__":

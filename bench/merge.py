@@ -157,7 +157,10 @@ def merge_runs(dirs: Sequence[str | Path], out: str | Path, argv: list[str] | No
     seen_in: dict[Key, list[str]] = {}
     for i, run in enumerate(runs):
         for row in run.rows:
-            key = key_of_row(row)
+            try:
+                key = key_of_row(row)
+            except BadInputError as e:
+                raise BadInputError(f"{run.path}: results.csv: {e}") from None
             if key not in order:
                 raise BadInputError(f"{run.path}: results.csv has a row outside its sweep ({_label(key)}); "
                                     "was the directory resumed with another command?")

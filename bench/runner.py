@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import signal
 import traceback
@@ -154,6 +155,14 @@ class CompileFellBack(RuntimeError):
     """``backend=compile`` ran without torch.compile compiling a graph: the row would be an eager figure."""
 
 
+def _build(spec: Any) -> torch.nn.Module:
+    """The model with the same weights in every config and process: a detector's work depends on its weights (how many
+    proposals survive NMS), so without a fixed seed two configs of one model would count, and do, different work."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return spec.builder()
+
+
 def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
     """Build the model and a zero-arg ``step`` closure for ``cfg``; returns it with facts for the row."""
     import models
@@ -165,7 +174,10 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
         from kernels import dispatch_path
         from kernels.registry import patch_model
 
-        model = spec.builder()
+        model = _build(spec)
+        # FLOPs are counted on the unpatched model (see _count): the counters cannot see inside a Triton launch.
+        # A copy, not a second build, so data-dependent work (detection proposals) is that of the same weights.
+        facts["_unpatched"] = copy.deepcopy(model)
         names = None if cfg.kernels in ("", "all") else [cfg.kernels]
         switched = patch_model(model, names)
         facts["kernels_switched"] = switched
@@ -173,7 +185,7 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
         if not any(switched.values()):
             raise Unsupported(f"{cfg.model} has no hot path for kernels={cfg.kernels or 'all'}")
     else:
-        model = spec.builder()
+        model = _build(spec)
     pure = LOWP.get(cfg.dtype, ("", ""))[1] == "cast"
     model = model.to(device, DTYPES[cfg.dtype]) if pure else model.to(device)
     if cfg.channels_last:
@@ -205,8 +217,8 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
             with torch.no_grad(), precision(cfg):
                 return spec.forward(run_model, batch)
 
-        def eager_step() -> Any:
-            return spec.forward(model, batch)
+        def eager_step(m: torch.nn.Module) -> Any:
+            return spec.forward(m, batch)
     else:
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -219,16 +231,33 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
             opt.step()
             return loss.detach()
 
-        def eager_step() -> Any:
-            return spec.loss(model, batch)
+        def eager_step(m: torch.nn.Module) -> Any:
+            return spec.loss(m, batch)
 
     facts["_model"], facts["_batch"], facts["_spec"], facts["_eager_step"] = model, batch, spec, eager_step
     return step, facts
 
 
+def flops_key(cfg: Config) -> tuple[Any, ...]:
+    """What a FLOP count depends on. Counts are always taken on the unpatched eager fp32 model, so backend, dtype,
+    kernels and memory format share one count; the device stays in the key because the count runs there."""
+    return (cfg.model, cfg.mode, cfg.batch_size, cfg.input_size, cfg.device)
+
+
 def _count(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
-    """FLOPs per sample on the eager fp32 model (same math as every backend; Triton kernels are opaque to counters)."""
-    fc = count_step_flops(facts["_eager_step"], facts["_model"], facts["_batch"].inputs, backward=cfg.mode == "train")
+    """FLOPs per sample on the eager fp32 model without our kernels (the same math every backend runs): ``triton``
+    counts its unpatched copy, because the counters cannot see inside a Triton launch; ``compile`` the unwrapped
+    model. Both are called without autocast."""
+    model = facts.pop("_unpatched", None)
+    if model is None:
+        model = facts["_model"]
+    else:
+        model = model.to(torch.device(cfg.device))
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train(cfg.mode == "train")
+    step = facts["_eager_step"]
+    fc = count_step_flops(lambda: step(model), model, facts["_batch"].inputs, backward=cfg.mode == "train")
     bs = cfg.batch_size
     return {"gflops": fc.flops / bs / 1e9, "gmacs": fc.macs / bs / 1e9 if fc.macs is not None else None,
             "flops_counter_warnings": fc.warnings}
@@ -253,7 +282,7 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             if probe_note:
                 row["precision_note"] += f"; {probe_note}"
             if opts.count_flops:
-                fkey = (cfg.model, cfg.mode, cfg.batch_size, cfg.input_size)
+                fkey = flops_key(cfg)
                 if flops_cache is not None and fkey in flops_cache:
                     row.update(flops_cache[fkey])
                 else:
@@ -261,6 +290,7 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
                     row.update(counted)
                     if flops_cache is not None:
                         flops_cache[fkey] = counted
+            facts.pop("_unpatched", None)  # the counting copy must not hold memory while the step is timed
             device = torch.device(cfg.device)
             t = time_fn(step, device, threads=torch.get_num_threads(), warmup_s=opts.warmup_s,
                         min_time_s=opts.min_time_s, min_samples=opts.min_samples, max_s=opts.max_config_s)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import Config, key_of_row
 from .env import collect_env, env_columns
-from .io import RowWriter, append_jsonl, drop_torn_tail, read_results
+from .io import BadInputError, RowWriter, append_jsonl, drop_torn_tail, read_results, row_line
 from .runner import RESULT_COLUMNS, RunOptions, measure
 
 __all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated", "open_run_dir", "record_row"]
@@ -33,8 +33,14 @@ def completed_keys(out_dir: Path) -> set[tuple[str, ...]]:
     path = out_dir / "results.csv"
     if not path.exists() or path.stat().st_size == 0:
         return set()
-    df = read_results(path, required=["model", "batch_size"], strict=False)
-    return {key_of_row(r) for r in df.to_dict("records")}
+    df = read_results(path, required=["model", "backend", "mode", "device", "dtype", "batch_size"], strict=False)
+    keys = set()
+    for i, r in enumerate(df.to_dict("records")):
+        try:
+            keys.add(key_of_row(r))
+        except BadInputError as e:  # a resumed row must be a config: say which line and field, don't guess
+            raise BadInputError(f"{path}:{row_line(df, i)}: {e}") from None
+    return keys
 
 
 def _worker(cfg_dict: dict[str, Any], opts: RunOptions, q: Any) -> None:
@@ -126,11 +132,11 @@ def open_run_dir(configs: Sequence[Config], out: Path, *, resume: bool, argv: li
 
     Returns ``(env, configs still to measure, writer for results.csv)``; shared by local and Ray sweeps.
     """
+    done = completed_keys(out) if resume else set()  # a bad results.csv is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     env = collect_env(argv)
     (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
     _write_sweep_def(out, configs if sweep_configs is None else sweep_configs, env, shard)
-    done = completed_keys(out) if resume else set()
     if resume and (out / "samples.jsonl").exists():
         drop_torn_tail(out / "samples.jsonl")  # a kill mid-write must not leave a broken line in the middle
     if not resume and (out / "results.csv").exists():

@@ -1,0 +1,174 @@
+"""The README's figures against the committed files they come from, so a stale number fails CI instead of waiting for
+an audit. No measurement: every check reads README.md, results/ and noxfile.py.
+
+Figures are found by the words around them (regular expressions over the README with line breaks folded), never by
+line number, so edits elsewhere in the README do not disturb these checks; a rewording that drops an anchor fails
+with a message saying which figure could not be found, and the check is then updated with the text.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def text(readme: str) -> str:
+    """The README with line breaks and runs of spaces folded into single spaces (sentences wrap anywhere)."""
+    return re.sub(r"\s+", " ", readme)
+
+
+def find(text: str, pattern: str) -> re.Match[str]:
+    m = re.search(pattern, text)
+    assert m, f"README no longer contains a figure matching {pattern!r}: update this check along with the text"
+    return m
+
+
+def _pct(x: str) -> float:
+    return float(x.replace("%", "").replace("+", ""))
+
+
+# --- the results index ----------------------------------------------------------------------------------------------
+
+
+def test_every_linked_result_exists_and_every_result_is_linked(readme: str) -> None:
+    links = set(re.findall(r"\]\((results/[^)#\s]+)\)", readme))
+    assert links, "no results/ links in the README"
+    missing = sorted(link for link in links if not (ROOT / link).exists())
+    assert not missing, f"README links to files that are not committed: {missing}"
+    linked_dirs = {Path(link).parts[1] for link in links}
+    for d in sorted(linked_dirs):
+        has_env = any((RESULTS / d).rglob("env.json"))
+        assert has_env, f"results/{d} has no env.json (machine, threads, commit) behind its figures"
+    committed = {p.name for p in RESULTS.iterdir() if p.is_dir()}
+    assert committed <= linked_dirs, f"results/ directories missing from the README's index: {committed - linked_dirs}"
+
+
+# --- kernels --------------------------------------------------------------------------------------------------------
+
+
+def test_kernel_check_counts_and_worst_errors(text: str) -> None:
+    m = find(text, r"python -m bench kernels --check`\): (\d+) rows .*?\*\*(\d+) pass\*\*")
+    df = pd.read_csv(RESULTS / "cpu-kernels-check" / "kernels_check.csv")
+    assert (int(m[1]), int(m[2])) == (len(df), int((df.status == "pass").sum()))
+    sha = find(text, r"\*\*\d+ pass\*\*, in [^,]+, at commit ([0-9a-f]{7,})")[1]  # the code the figures belong to
+    assert df.git_sha.astype(str).str.startswith(sha).all(), f"kernels_check.csv was not made at {sha}"
+    # "the worst kernel error is at most 0.07 of its bound for depthwise_conv and roi_align and 0.50 for ..."
+    m = find(text, r"worst kernel error is at most ([\d.]+) of its bound for depthwise_conv and roi_align and "
+                   r"([\d.]+) for window_attention")
+    ratio = pd.concat([df.max_abs_err / df.tol_max_abs, df.rel_fro_err / df.tol_rel_fro], axis=1).min(axis=1)
+    worst = ratio.groupby(df.kernel).max()
+    stated_small, stated_wa = float(m[1]), float(m[2])
+    digits = len(m[1].split(".")[1])
+    assert round(max(worst["depthwise_conv"], worst["roi_align"]), digits) == stated_small, worst.to_dict()
+    assert round(worst["window_attention"], len(m[2].split(".")[1])) == stated_wa, worst.to_dict()
+
+
+def test_aot_and_preflight_counts(text: str) -> None:
+    m = find(text, r"\*\*(\d+) of (\d+) launches `ok`\*\* for sm_90 with Triton 3\.8")
+    for d in ("aot-sm90-triton3.8", "aot-sm90-triton3.6", "aot-sm80-triton3.8", "aot-sm89-triton3.8"):
+        df = pd.read_csv(RESULTS / d / "kernels_compile.csv")
+        assert (int(m[1]), int(m[2])) == (int((df.status == "ok").sum()), len(df)), d
+    m = find(text, r"(\d+) kernel-case launches and (\d+) launches from the (\d+) `triton`-backend model configs, "
+                   r"all `ok`")
+    for d in ("gpu-preflight-sm90", "gpu-preflight-sm90-triton3.6"):
+        df = pd.read_csv(RESULTS / d / "kernels_compile.csv")
+        assert int(m[1]) + int(m[2]) == len(df) and (df.status == "ok").all(), d
+
+
+# --- the quick suite ------------------------------------------------------------------------------------------------
+
+
+def test_quick_suite_counts(text: str) -> None:
+    m = find(text, r"eager inference: (\d+) configs, all `ok`")
+    df = pd.read_csv(RESULTS / "cpu-quick" / "results.csv")
+    assert int(m[1]) == len(df) and (df.status == "ok").all()
+
+
+# --- compare examples -----------------------------------------------------------------------------------------------
+
+
+def test_eager_vs_compile_example_is_the_committed_output(readme: str, text: str) -> None:
+    d = RESULTS / "cpu-resnet50-eager-vs-compile"
+    start = readme.index("Real output, resnet50 eager vs compile")
+    quoted = []
+    for line in readme[start:].splitlines()[2:]:
+        if quoted and not line.startswith("> "):
+            break
+        if line.startswith("> "):
+            quoted.append(line[2:])
+    committed = (d / "compare.md").read_text().splitlines()
+    assert quoted and all(q in committed for q in quoted), "the quoted compare output differs from compare.md"
+    m = find(text, r"Real output, resnet50 eager vs compile, batch (\d+), (\w+), CPU, (\d+) threads?")
+    for run in ("eager", "compile"):
+        env = json.loads((d / run / "env.json").read_text())
+        rows = pd.read_csv(d / run / "results.csv")
+        assert env["threads"] == int(m[3]) and set(rows.threads) == {int(m[3])}, run
+        assert set(rows.batch_size) == {int(m[1])} and set(rows.dtype) == {m[2]}, run
+
+
+def test_repeat_run_figures(text: str) -> None:
+    md = (RESULTS / "cpu-repeat" / "compare.md").read_text()
+    head = find(md, r"(\d+) slower, (\d+) faster, (\d+) unchanged of (\d+) matched")
+    m = find(text, r"(\d+) configs\) gave (\d+) of (\d+) \"slower\" verdicts, all on basic_cnn configs of at most "
+                   r"([\d.]+) ms \((\w+) sub-millisecond; \+(\d+)% to \+(\d+)%.*?and (\d+) of (\d+) on resnet18 "
+                   r"\((\d+)–(\d+) ms\)")
+    assert (int(m[1]), int(m[2]), int(m[3])) == (int(head[4]), int(head[1]), int(head[4]))
+    rows = [r.split("|")[1:-1] for r in md.splitlines() if r.startswith("| ") and " ms |" in r]
+    table = pd.DataFrame([[c.strip() for c in r[:6]] for r in rows],
+                         columns=["config", "base", "new", "change", "q", "verdict"])
+    table["model"] = table.config.str.split().str[0]
+    table["base_ms"] = table.base.str.replace(" ms", "").astype(float)
+    table["new_ms"] = table.new.str.replace(" ms", "").astype(float)
+    slower = table[table.verdict.str.contains("slower")]
+    assert set(slower.model) == {"basic_cnn"}
+    assert max(slower.base_ms.max(), slower.new_ms.max()) <= float(m[4])
+    words = {"one": 1, "two": 2, "three": 3, "four": 4}
+    assert int(((slower.base_ms < 1) & (slower.new_ms < 1)).sum()) == words[m[5]]
+    changes = slower.change.str.split().str[0].map(_pct)
+    assert (round(changes.min()), round(changes.max())) == (int(m[6]), int(m[7]))
+    resnet = table[table.model == "resnet18"]
+    assert (int(m[8]), int(m[9])) == (int(resnet.verdict.str.contains("slower|faster").sum()), len(resnet))
+    assert (int(m[10]), int(m[11])) == (int(resnet.base_ms.min() // 1), round(resnet.base_ms.max()))
+
+
+def test_synthetic_false_positive_figures(text: str) -> None:
+    md = (RESULTS / "synthetic-compare-false-positives" / "false_positives.md").read_text()
+    m = find(text, r"the default settings flagged (\d+) of (\d+), `--no-fdr` (\d+) of (\d+) \(([\d.]+)%\)")
+    default = find(md, r"\| default \(BH\) \| (\d+)/(\d+) \|")
+    no_fdr = find(md, r"\| --no-fdr \| (\d+)/(\d+) \| ([\d.]+)% \|")
+    assert (m[1], m[2], m[3], m[4], m[5]) == (default[1], default[2], no_fdr[1], no_fdr[2], no_fdr[3])
+
+
+# --- sessions -------------------------------------------------------------------------------------------------------
+
+
+def test_benchmarks_session_runs_what_the_readme_quotes(text: str) -> None:
+    m = find(text, r"Median ratio ours / torchvision, CPU, (\d+) threads, batch (\d+), (\d+) rounds")
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    env = next(ast.literal_eval(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+               and any(getattr(t, "id", None) == "BENCHMARKS_ENV" for t in node.targets))
+    assert (env["VB_BENCH_THREADS"], env["VB_BENCH_BATCH"], env["VB_BENCH_ROUNDS"]) == (m[1], m[2], m[3])
+
+
+def test_gpu_job_config_counts(text: str) -> None:
+    from bench.gpu_job import model_configs
+
+    configs = model_configs()
+    by_backend = {b: sum(c.backend == b for c in configs) for b in ("triton", "compile")}
+    assert int(find(text, r"--dry-run` lists its (\d+) model configs")[1]) == len(configs)
+    assert int(find(text, r"the (\d+) `compile` model configs")[1]) == by_backend["compile"]
+    assert int(find(text, r"launches from the (\d+) `triton`-backend model configs")[1]) == by_backend["triton"]
