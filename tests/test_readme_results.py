@@ -157,11 +157,12 @@ def test_synthetic_false_positive_figures(text: str) -> None:
 
 
 def test_benchmarks_session_runs_what_the_readme_quotes(text: str) -> None:
-    m = find(text, r"Median ratio ours / torchvision, CPU, (\d+) threads, batch (\d+), (\d+) rounds")
+    m = find(text, r"fp32, batch (\d+), (\d+) threads with `OMP_WAIT_POLICY=(\w+)`, (\d+) rounds after (\d+) warm-up")
     tree = ast.parse((ROOT / "noxfile.py").read_text())
     env = next(ast.literal_eval(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
                and any(getattr(t, "id", None) == "BENCHMARKS_ENV" for t in node.targets))
-    assert (env["VB_BENCH_THREADS"], env["VB_BENCH_BATCH"], env["VB_BENCH_ROUNDS"]) == (m[1], m[2], m[3])
+    assert (env["VB_BENCH_BATCH"], env["VB_BENCH_THREADS"], env["OMP_WAIT_POLICY"], env["VB_BENCH_ROUNDS"],
+            env["VB_BENCH_WARMUP"]) == (m[1], m[2], m[3], m[4], m[5])
 
 
 def test_gpu_job_config_counts(text: str) -> None:
