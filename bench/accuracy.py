@@ -27,6 +27,10 @@ Columns (appended to :data:`bench.runner.RESULT_COLUMNS`):
 * ``acc_tol``: the bounds applied; ``acc_note``: the worst tensor and why a row failed; ``acc_s``: the check's wall
   time (reference included when it was not cached).
 
+Weights: the row's own, except that an all-zero weight matrix (ViT's zero-initialised head) is replaced by seeded
+random values in both the row and the reference before the check (after timing): with a zero head the logits are 0
+whatever the network computes, and no gradient would reach the trunk.
+
 The float64 reference is computed once per (model, mode, batch size, input size, weights) and kept for the next
 configs of the same model (a sweep runs a model's configs one after another); weights are identified by a
 fingerprint, so a cached reference is never used for other weights. Reference gradients are kept in float32 (their
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -189,6 +194,21 @@ def _fingerprint(state: dict[str, torch.Tensor]) -> tuple[float, ...]:
     return (len(state), s1, s2, s3)
 
 
+def _nondegenerate(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every all-zero weight matrix (a parameter of 2+ dims, e.g. ViT's zero-initialised head)
+    replaced by seeded ``N(0, 1/fan_in)`` values. With a zero head the logits are 0 whatever the trunk computes, and
+    in training no gradient reaches the trunk: the comparison would check nothing. Deterministic (seeded per name),
+    so every config of a model still shares one reference."""
+    params = {n for n, _ in model.named_parameters()}
+    out = dict(state)
+    for k, v in state.items():
+        if k in params and v.is_floating_point() and v.dim() >= 2 and not bool(v.any()):
+            g = torch.Generator().manual_seed(SEED + zlib.crc32(k.encode()))
+            fan_in = max(1, v[0].numel())
+            out[k] = (torch.randn(v.shape, generator=g) * fan_in ** -0.5).to(v.dtype)
+    return out
+
+
 @contextlib.contextmanager
 def _no_dropout(model: nn.Module) -> Iterator[None]:
     """Dropout and stochastic depth in eval mode for the check: their masks come from the device's RNG, which the
@@ -266,7 +286,9 @@ def check(cfg: Any, facts: dict[str, Any]) -> dict[str, Any]:
         return {**cols, "acc_status": "skipped", "acc_note": spec.train_check, "acc_s": time.perf_counter() - t0}
     notes: list[str] = []
     if cfg.mode == "infer":
-        state = model.state_dict()  # eval-mode timing leaves the weights as built
+        # eval-mode timing leaves the weights as built; in-place copies keep a compiled graph valid
+        state = _nondegenerate(model, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        model.load_state_dict(state)
         model.eval()
         fn = functools.partial(spec.outputs_fn, model)
         if getattr(spec.outputs_fn, "uses_forward", False):
@@ -276,10 +298,13 @@ def check(cfg: Any, facts: dict[str, Any]) -> dict[str, Any]:
         with torch.no_grad(), precision(cfg):
             got = fn(batch)
         ref = _reference(cfg, spec, state)
+        zero = [k for k, v in ref["outputs"].items() if v.numel() > 1 and not bool(v.any())]
+        if zero:
+            raise ValueError(f"the float64 reference of {', '.join(zero)} is all zeros: the check would see nothing")
         m = compare_outputs(got, ref["outputs"])
         grad_rel, grad_bad = None, []
     else:
-        state = facts["_acc_state"]
+        state = _nondegenerate(model, facts["_acc_state"])
         model.load_state_dict(state)
         loss, grads = _train_step(spec, model, run_model, batch, precision(cfg))
         ref = _reference(cfg, spec, state)
