@@ -63,41 +63,50 @@ SEED = 0  # the CPU/CUDA RNG seed set before both the row's check step and the r
 @dataclass(frozen=True)
 class Tolerance:
     rel_fro: float  # bound on acc_rel_fro (outputs; the loss for train rows)
-    grad_rel: float  # bound on acc_grad_rel (train rows)
+    grad_rel: float | None  # bound on acc_grad_rel (train rows); None = reported, not gated (see the table)
 
 
 # One table, per precision and mode; "autocast" is how fp16/bf16 run today (fp32 weights, ops cast per call).
 #
 # Why these numbers. Unit roundoff u: fp32 2^-24 = 6e-8; TF32 and fp16 inputs 2^-11 = 4.9e-4; bf16 2^-8 = 3.9e-3.
-# A network's output error against float64 grows with depth roughly like sqrt(#roundings on the path) * u times
-# the conditioning of the layers; calibrated on our models (results/cpu-accuracy-calibration, the largest eager
-# error per precision is in its README.md), then bounded with headroom:
+# Calibrated with `python -m bench.accuracy_calibrate` (eager rows against float64 on the CPU at 64 px, ViTs at their
+# fixed 224 px; figures and commands in results/cpu-accuracy-calibration/README.md), then set with headroom:
 #
-# * fp32: eager's worst output error over all 27 models is ~1e-5 (infer) at random init; the bound 1e-3 leaves
-#   ~100x for a compiled or Triton row that reorders reductions (still fp32), while a kernel that drops a mask,
-#   a stale buffer or a wrong layout gives errors of 1e-1..1 (see tests/bench/test_accuracy.py).
-#   Gradients go through twice the ops and BatchNorm's batch statistics at batch 1-2, so 1e-2.
-# * bf16 autocast: eager's worst output error is ~5e-2 (inputs of every matmul/conv rounded to 8 bits, fp32
-#   accumulation); bound 0.15 (3x, as the kernel check's MULTIPLE for half types); gradients 0.3.
-# * fp16 autocast and tf32: 3 more mantissa bits than bf16, so 8x smaller roundoff; bounds 8x tighter than bf16's
-#   would be 0.02; kept at 0.05 since they were calibrated only through that scaling (no GPU here) — the GPU job's
-#   eager rows report the measured figure against which this should be tightened.
-# * bf16/fp16 "cast" (weights and activations in the low dtype, the lead's pure-cast mode): residual streams and
-#   normalisation statistics are rounded too, so errors are several times autocast's; bounds 2x autocast's until
-#   measured.
+# * fp32 infer: eager's largest output error over all 27 models is 2.1e-6 (fasterrcnn); bound 1e-3. The ~500x
+#   leaves room for what the CPU calibration cannot show (cuDNN's Winograd/FFT fp32 algorithms, Inductor's
+#   reordered reductions, our kernels' fp32 accumulation order), while a kernel that drops a mask or reads a wrong
+#   tile is further off (swin_t without its shift mask: 4.5e-3 at 32 px, where few windows are masked;
+#   tests/bench/test_accuracy.py).
+# * fp32 train: loss as infer; gradients 8e-7..1.3e-4 at batch 2 (basic_cnn, resnet18, yolov5n), but 0.022 at
+#   batch 1 and 64 px (deeplabv3plus, efficientnet_b3; train-b1-partial.log): BatchNorm over a 2x2 or 4x4 map
+#   divides by a tiny batch variance, which amplifies rounding. Bound 0.1.
+# * bf16 autocast infer: eager's largest error is 0.022 (simclr_resnet50; swin_t 0.012, fasterrcnn 0.013, vit_s
+#   0.0088): the inputs of every matmul/conv rounded to 8 bits, fp32 accumulation. Bound 0.1 (4.5x).
+# * bf16 autocast train: the loss's error is at most 5e-3 (bound 0.1 as infer), but the gradients' is 0.09
+#   (basic_cnn), 0.38 (resnet18), 1.12 (yolov5n), all at batch 2: at random init a
+#   weight gradient is a long sum of nearly cancelling terms, and bf16's rounding of the backward's inputs survives
+#   the cancellation (1.41 would be a gradient uncorrelated with the true one). No bound would both pass eager and
+#   catch a wrong kernel, so bf16 gradients are reported, not gated (NaN/Inf still fail the row). A real bf16
+#   gradient check needs eager bf16 as its baseline (dynamo's rule: the row's error within a multiple of eager's,
+#   both against float64), which costs another step per row: not done.
+# * fp16 autocast and tf32: 3 more mantissa bits than bf16 (8x smaller roundoff); not measurable here (no GPU). The
+#   output bounds are 1/3 of bf16's rather than 1/8, for cuDNN's reduced-precision algorithms; gradients are not
+#   gated, as for bf16. The GPU job's eager rows report the figures against which these should be tightened.
+# * bf16/fp16 "cast" (weights and activations in the low dtype, the pure-cast mode): residual streams and
+#   normalisation statistics are rounded too; bounds 2x autocast's until measured.
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    ("fp32", "infer"): Tolerance(rel_fro=1e-3, grad_rel=1e-2),
-    ("fp32", "train"): Tolerance(rel_fro=1e-3, grad_rel=1e-2),
-    ("tf32", "infer"): Tolerance(rel_fro=5e-2, grad_rel=1e-1),
-    ("tf32", "train"): Tolerance(rel_fro=5e-2, grad_rel=1e-1),
-    ("fp16", "infer"): Tolerance(rel_fro=5e-2, grad_rel=1e-1),
-    ("fp16", "train"): Tolerance(rel_fro=5e-2, grad_rel=1e-1),
-    ("bf16", "infer"): Tolerance(rel_fro=0.15, grad_rel=0.3),
-    ("bf16", "train"): Tolerance(rel_fro=0.15, grad_rel=0.3),
-    ("fp16-cast", "infer"): Tolerance(rel_fro=0.1, grad_rel=0.2),
-    ("fp16-cast", "train"): Tolerance(rel_fro=0.1, grad_rel=0.2),
-    ("bf16-cast", "infer"): Tolerance(rel_fro=0.3, grad_rel=0.6),
-    ("bf16-cast", "train"): Tolerance(rel_fro=0.3, grad_rel=0.6),
+    ("fp32", "infer"): Tolerance(rel_fro=1e-3, grad_rel=0.1),
+    ("fp32", "train"): Tolerance(rel_fro=1e-3, grad_rel=0.1),
+    ("tf32", "infer"): Tolerance(rel_fro=3e-2, grad_rel=None),
+    ("tf32", "train"): Tolerance(rel_fro=3e-2, grad_rel=None),
+    ("fp16", "infer"): Tolerance(rel_fro=3e-2, grad_rel=None),
+    ("fp16", "train"): Tolerance(rel_fro=3e-2, grad_rel=None),
+    ("bf16", "infer"): Tolerance(rel_fro=0.1, grad_rel=None),
+    ("bf16", "train"): Tolerance(rel_fro=0.1, grad_rel=None),
+    ("fp16-cast", "infer"): Tolerance(rel_fro=6e-2, grad_rel=None),
+    ("fp16-cast", "train"): Tolerance(rel_fro=6e-2, grad_rel=None),
+    ("bf16-cast", "infer"): Tolerance(rel_fro=0.2, grad_rel=None),
+    ("bf16-cast", "train"): Tolerance(rel_fro=0.2, grad_rel=None),
 }
 
 
@@ -280,8 +289,9 @@ def check(cfg: Any, facts: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec, model, run_model, batch = facts["_spec"], facts["_model"], facts["_run_model"], facts["_batch"]
     tol = tolerance(cfg)
-    cols: dict[str, Any] = {"acc_tol": f"rel_fro<={tol.rel_fro:g}" + (f" grad_rel<={tol.grad_rel:g}"
-                                                                       if cfg.mode == "train" else "")}
+    grad_tol = "" if cfg.mode == "infer" else (f" grad_rel<={tol.grad_rel:g}" if tol.grad_rel is not None
+                                                else " grad_rel not gated")
+    cols: dict[str, Any] = {"acc_tol": f"rel_fro<={tol.rel_fro:g}{grad_tol}"}
     if cfg.mode == "train" and spec.train_check:
         return {**cols, "acc_status": "skipped", "acc_note": spec.train_check, "acc_s": time.perf_counter() - t0}
     notes: list[str] = []
@@ -317,7 +327,7 @@ def check(cfg: Any, facts: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"NaN/Inf where the float64 reference is finite: {', '.join(m['nonfinite'] + grad_bad)}")
     if m["rel_fro"] > tol.rel_fro:
         notes.append(f"{m['worst']}: rel_fro {m['rel_fro']:.3g} > {tol.rel_fro:g}")
-    if grad_rel is not None and grad_rel > tol.grad_rel:
+    if grad_rel is not None and tol.grad_rel is not None and grad_rel > tol.grad_rel:
         notes.append(f"grads: rel {grad_rel:.3g} > {tol.grad_rel:g} (worst {cols['acc_grad_worst']})")
     cols["acc_status"] = "inaccurate" if notes else "ok"
     cols["acc_note"] = "; ".join(notes) if notes else f"worst: {m['worst']}"

@@ -27,10 +27,12 @@ from .config import Config, expand
 from .env import collect_env
 
 
-def calibrate(configs: list[Config]) -> list[dict[str, Any]]:
+def calibrate(configs: list[Config], out: Path | None = None) -> list[dict[str, Any]]:
+    """One row per config; with ``out``, ``out/calibration.csv`` is rewritten after each (a killed run keeps its
+    finished rows)."""
     from .runner import build_step
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cfg in configs:
         row: dict[str, Any] = cfg.as_dict()
         t0 = time.perf_counter()
@@ -42,6 +44,8 @@ def calibrate(configs: list[Config]) -> list[dict[str, Any]]:
             row.update(acc_status="error", acc_note=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}")
         row["wall_s"] = time.perf_counter() - t0
         rows.append(row)
+        if out is not None:
+            pd.DataFrame(rows).to_csv(out / "calibration.csv", index=False)
         print(f"{cfg.label()}: {row.get('acc_status')} rel_fro={row.get('acc_rel_fro')} "
               f"grad_rel={row.get('acc_grad_rel')} ({row['wall_s']:.1f} s)", flush=True)
         facts = None
@@ -57,7 +61,8 @@ def summary(df: pd.DataFrame) -> str:
         for col in ("acc_rel_fro", "acc_grad_rel"):
             v = g[col].dropna() if col in g else pd.Series(dtype=float)
             cells.append(f"{v.max():.3g} ({g.loc[v.idxmax(), 'model']})" if len(v) else "—")
-        lines.append(f"| {dt} | {mode} | {len(g)} | {cells[0]} | {tol.rel_fro:g} | {cells[1]} | {tol.grad_rel:g} |")
+        gbound = "not gated" if tol.grad_rel is None else f"{tol.grad_rel:g}"
+        lines.append(f"| {dt} | {mode} | {len(g)} | {cells[0]} | {tol.rel_fro:g} | {cells[1]} | {gbound} |")
     return "\n".join(lines) + "\n"
 
 
@@ -84,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "env.json").write_text(json.dumps(collect_env(sys.argv), indent=2) + "\n")
-    df = pd.DataFrame(calibrate(configs))
-    df.to_csv(out / "calibration.csv", index=False)
+    df = pd.DataFrame(calibrate(configs, out))
     text = (f"Eager rows against the float64 model, input {args.input_size}px, batch {args.batch_size}, CPU.\n\n"
             f"Command: `python -m bench.accuracy_calibrate {' '.join(sys.argv[1:])}`\n\n" + summary(df))
     (out / "summary.md").write_text(text)
