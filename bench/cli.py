@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--warmup-s", type=float)
     r.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     r.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
+    r.add_argument("--no-accuracy", action="store_true",
+                   help="skip the accuracy gate (outputs vs the float64 model after timing; bench/accuracy.py)")
     r.add_argument("--profile", action="store_true", help="record a torch.profiler trace per config in OUT/traces")
     r.add_argument("--dry-run", action="store_true", help="list the configs and check imports; measure nothing")
     r.add_argument("--no-progress", action="store_true")
@@ -180,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         warmup_s=args.warmup_s if args.warmup_s is not None else float(suite.get("warmup_s", 0.2)),
         min_time_s=args.min_time_s if args.min_time_s is not None else float(suite.get("min_time_s", 1.0)),
         timeout_s=args.timeout_s if args.timeout_s is not None else float(suite.get("timeout_s", 0)),
-        threads=args.threads, count_flops=not args.no_flops,
+        threads=args.threads, count_flops=not args.no_flops, check_accuracy=not args.no_accuracy,
         profile_dir=str(out / "traces") if args.profile else None,
         allow_slow_fallback=args.allow_slow_fallback, max_config_s=max_config_s,
     )

@@ -10,8 +10,8 @@ drops fields from the key (e.g. ``backend`` to compare an eager run with a compi
   adjusted by Benjamini–Hochberg over every config compared with samples (``q``; ``--no-fdr``: raw p), < 1 − confidence.
   Without stored samples (a bare CSV) the fallback is: significant when the p20–p80 ranges do not overlap.
 * verdict ``slower`` / ``faster`` = significant and ``|ratio − 1| >= --threshold``; otherwise ``unchanged``.
-* status changes (ok → oom/error/timeout/crashed/unsupported is a regression), FLOP changes, peak-memory changes of at
-  least ``--mem-threshold`` (growth is a regression), numerics pass → fail/error (a regression).
+* status changes (ok → oom/error/timeout/crashed/unsupported/inaccurate is a regression), FLOP changes, peak-memory
+  changes of at least ``--mem-threshold`` (growth is a regression), numerics pass → fail/error (a regression).
 * an environment diff (device, versions, threads, ...) with a warning when they differ.
 
 Bad input (missing path, missing columns, duplicate keys, torn last line, text in numeric cells, broken samples file)

@@ -70,8 +70,9 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
         g = g.sort_values(["mode", "device", "batch_size", "dtype", "backend"])
         for r in g.to_dict("records"):
             ok = r.get("status") == "ok"
+            timed = ok or r.get("status") == "inaccurate"  # an inaccurate row keeps its timing, flagged
             lat = (f"{fmt_num(r['latency_ms_p50'], '.2f')} [{fmt_num(r['latency_ms_p20'], '.2f')}–"
-                   f"{fmt_num(r['latency_ms_p80'], '.2f')}]") if ok else "—"
+                   f"{fmt_num(r['latency_ms_p80'], '.2f')}]") if timed else "—"
             noisy = " (noisy)" if str(r.get("noisy")).lower() == "true" else ""
             reduced = " (reduced)" if str(r.get("reduced_samples")).lower() == "true" else ""
             backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
@@ -95,7 +96,9 @@ def _conventions() -> str:
             "forward for infer and forward+backward for train. bf16/fp16 run under autocast, bf16-pure/fp16-pure "
             "with the model and inputs cast; tf32 = fp32 with TF32 matmuls. (reduced): fewer samples, to fit "
             "`--max-config-s`. Peak memory: CUDA `max_memory_allocated` of one step; CPU: bytes of tensors created "
-            "by the step (see `bench/memory.py`).")
+            "by the step (see `bench/memory.py`). Accuracy: each row's outputs (train: loss and gradients) against "
+            "the same model in float64 on the CPU; a row beyond its dtype's bound is **inaccurate** (timed, not to "
+            "be quoted; `acc_*` columns of results.csv, `bench/accuracy.py`).")
 
 
 def write_report(out_dir: str | Path) -> Path:

@@ -1,7 +1,8 @@
 """Measure one config: build, warm up, count FLOPs, time, measure memory; every failure becomes a row.
 
 ``measure(config)`` never raises for a failing config: it returns a row whose ``status`` is one of ``ok``, ``oom``,
-``unsupported``, ``error``, ``timeout`` (``crashed`` is set by the isolating parent when a worker dies).
+``unsupported``, ``error``, ``timeout`` (``crashed`` is set by the isolating parent when a worker dies), or
+``inaccurate`` (timed, but its outputs are too far from the float64 model; see :mod:`bench.accuracy`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import accuracy
 from .config import DTYPES, LOWP, Config
 from .flops import count_step_flops
 from .memory import measure_peak_memory
@@ -24,7 +26,7 @@ from .timing import OverConfigBudget, time_fn
 
 __all__ = ["RunOptions", "measure", "RESULT_COLUMNS", "STATUSES", "ConfigTimeout", "classify_exception"]
 
-STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "crashed")
+STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "crashed", "inaccurate")
 
 RESULT_COLUMNS = [
     "model", "backend", "mode", "device", "dtype", "batch_size", "channels_last", "kernels", "input_size",
@@ -34,7 +36,7 @@ RESULT_COLUMNS = [
     "gflops", "gmacs", "tflops_per_s", "params", "peak_mem_mb", "reserved_mem_mb", "mem_method",
     "flops_counter_warnings", "precision_note", "kernel_path", "kernels_switched", "timer",
     "device_name", "host", "torch_version", "triton_version", "torchvision_version", "cuda_version", "threads",
-    "git_sha", "timestamp", "cpu_isa", "reduced_samples",
+    "git_sha", "timestamp", "cpu_isa", "reduced_samples", *accuracy.ACCURACY_COLUMNS,
 ]
 
 
@@ -49,6 +51,7 @@ class RunOptions:
     profile_dir: str | None = None  # write a torch.profiler trace per config here (see bench.profile)
     allow_slow_fallback: bool = False  # measure a CPU low-precision config even where the probe sees a fallback path
     max_config_s: float = 0.0  # 0 = no cap; else fewer samples (>= 3, flagged) or `timeout` (see bench.timing)
+    check_accuracy: bool = True  # compare the outputs with the float64 model after timing (bench.accuracy)
 
 
 class ConfigTimeout(Exception):
@@ -170,6 +173,7 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
     spec = models.get_spec(cfg.model)
     device = torch.device(cfg.device)
     facts: dict[str, Any] = {}
+    torch.manual_seed(0)  # the same weights for every config of a model (the accuracy gate's reference is shared)
     if cfg.backend == "triton":
         from kernels import dispatch_path
         from kernels.registry import patch_model
@@ -235,6 +239,7 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
             return spec.loss(m, batch)
 
     facts["_model"], facts["_batch"], facts["_spec"], facts["_eager_step"] = model, batch, spec, eager_step
+    facts["_run_model"] = run_model
     return step, facts
 
 
@@ -292,6 +297,8 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
                         flops_cache[fkey] = counted
             facts.pop("_unpatched", None)  # the counting copy must not hold memory while the step is timed
             device = torch.device(cfg.device)
+            if opts.check_accuracy:
+                accuracy.prepare(cfg, facts)
             t = time_fn(step, device, threads=torch.get_num_threads(), warmup_s=opts.warmup_s,
                         min_time_s=opts.min_time_s, min_samples=opts.min_samples, max_s=opts.max_config_s)
             samples = t.samples_ms
@@ -306,6 +313,13 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
                     row["profile_trace"] = profile_config(step, cfg, opts.profile_dir)
                 except Exception as pe:  # noqa: BLE001
                     row["profile_error"] = _first_line(pe)
+            if opts.check_accuracy:
+                try:  # a broken check must not hide a measured row; it is reported in acc_status and error
+                    row.update(accuracy.check(cfg, facts))
+                except ConfigTimeout:
+                    raise
+                except Exception as ae:  # noqa: BLE001
+                    row.update(acc_status="error", acc_note=_first_line(ae))
         s = t.stats
         row.update({
             "status": "ok", "error": "", "latency_ms_p50": s["p50"], "latency_ms_p20": s["p20"],
@@ -317,6 +331,10 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
         })
         if row.get("profile_error"):  # measured fine; say the trace is missing and why
             row["error"] = f"profile failed: {row['profile_error']}"
+        if row.get("acc_status") == "inaccurate":  # timed, but not a number to quote
+            row["status"], row["error"] = "inaccurate", f"inaccurate: {row['acc_note']}"
+        elif row.get("acc_status") == "error":
+            row["error"] = f"accuracy check failed: {row['acc_note']}"
         if row.get("gflops") is not None:
             row["tflops_per_s"] = row["gflops"] * cfg.batch_size / (s["p50"] / 1e3) / 1e3
     except BaseException as e:  # noqa: BLE001 - every failure must become a row

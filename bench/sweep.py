@@ -25,8 +25,9 @@ from .runner import RESULT_COLUMNS, RunOptions, measure
 
 __all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated", "open_run_dir", "record_row"]
 
-# Statuses that make the sweep's exit code non-zero (ok, unsupported and oom are expected outcomes).
-FAILED_STATUSES = ("error", "timeout", "crashed")
+# Statuses that make the sweep's exit code non-zero (ok, unsupported and oom are expected outcomes; an
+# ``inaccurate`` row was timed but computed something else than the float64 model, so it fails like an error).
+FAILED_STATUSES = ("error", "timeout", "crashed", "inaccurate")
 
 
 def completed_keys(out_dir: Path) -> set[tuple[str, ...]]:

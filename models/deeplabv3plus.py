@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .registry import register_model
 from .resnet import Bottleneck, ResNet
-from .unet import segmentation_batch_fn, segmentation_loss
+from .unet import segmentation_batch_fn, segmentation_loss, segmentation_outputs
 
 __all__ = ["ASPP", "DeepLabV3Plus"]
 
@@ -81,7 +81,7 @@ class DeepLabV3Plus(nn.Module):
 
 
 @register_model(family="deeplabv3plus", task="segmentation", input_shape=(3, 512, 512), num_classes=21,
-                batch_fn=segmentation_batch_fn(21), loss_fn=segmentation_loss)
+                batch_fn=segmentation_batch_fn(21), loss_fn=segmentation_loss, outputs_fn=segmentation_outputs)
 def deeplabv3plus_resnet50(**kwargs: Any) -> DeepLabV3Plus:
     """DeepLabV3+ ResNet-50, output stride 16 (40.4 M params)."""
     return DeepLabV3Plus(**kwargs)

@@ -34,7 +34,8 @@ import torchvision.ops as tvo
 from .registry import Batch, image_batch, register_model
 from .resnet import Bottleneck, ResNet
 
-__all__ = ["FasterRCNN", "MultiScaleRoIAlign", "detection_batch_fn", "detection_loss"]
+__all__ = ["FasterRCNN", "MultiScaleRoIAlign", "detection_batch_fn", "detection_loss", "detection_outputs",
+           "fixed_proposals"]
 
 Targets = list[dict[str, torch.Tensor]]
 _BBOX_CLIP = math.log(1000.0 / 16)  # largest dw/dh before exp(): boxes at most 1000/16 x the anchor
@@ -540,9 +541,49 @@ def detection_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return sum(losses.values())  # type: ignore[return-value]
 
 
+def fixed_proposals(image_size: Sequence[int], device: torch.device | str, grid: int = 4,
+                    sizes: Sequence[float] = (0.125, 0.25, 0.5)) -> torch.Tensor:
+    """``[grid^2 * len(sizes), 4]`` xyxy boxes that depend on the image size only: squares of each relative size
+    centred on a ``grid x grid`` lattice, clipped to the image. Small to large, so every FPN level gets boxes."""
+    h, w = float(image_size[0]), float(image_size[1])
+    c = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    cy, cx = torch.meshgrid(c * h, c * w, indexing="ij")
+    boxes = []
+    for s in sizes:
+        half = 0.5 * s * min(h, w)
+        boxes.append(torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1).reshape(-1, 4))
+    out = torch.cat(boxes)
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out.to(device)
+
+
+def detection_outputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """The accuracy gate's tensors, all before a data-dependent step (top-k, NMS, sampling):
+
+    * ``rpn_objectness [B, K]`` and ``rpn_deltas [B, K, 4]``: the RPN head on every anchor of every level;
+    * ``box_logits [B*P, num_classes]`` and ``box_deltas [B*P, 4*num_classes]``: the box head on
+      :func:`fixed_proposals` (P = 48 per image), i.e. ROI Align + two-FC head + predictor on boxes that do not
+      depend on the network's outputs.
+    """
+    images = batch.inputs[0]
+    image_size = (int(images.shape[-2]), int(images.shape[-1]))
+    features = model.backbone(model.preprocess(images))  # type: ignore[operator]
+    logits, deltas = model.rpn.head(list(features.values()))  # type: ignore[union-attr]
+    props = [fixed_proposals(image_size, images.device)] * images.shape[0]
+    heads = model.roi_heads  # type: ignore[union-attr]
+    cls, reg = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, props, image_size)))
+    return {"rpn_objectness": torch.cat([flatten_head(lg, 1) for lg in logits], dim=1).squeeze(-1),
+            "rpn_deltas": torch.cat([flatten_head(d, 4) for d in deltas], dim=1), "box_logits": cls,
+            "box_deltas": reg}
+
+
 @register_model(family="faster_rcnn", task="detection", input_shape=(3, 800, 800), hot_paths=("roi_align",),
                 torchvision="fasterrcnn_resnet50_fpn", num_classes=91, batch_fn=detection_batch_fn(91, 1),
-                loss_fn=detection_loss)
+                loss_fn=detection_loss, outputs_fn=detection_outputs,
+                train_check="the train loss samples anchors and proposals with torch.randperm on the device and "
+                            "trains the box head on NMS-selected proposals: not comparable across devices or "
+                            "precisions (inference rows compare the RPN and box heads)")
 def fasterrcnn_resnet50_fpn(**kwargs: Any) -> FasterRCNN:
     """Faster R-CNN ResNet-50 FPN (41.8 M params; 91 COCO ids)."""
     return FasterRCNN(**kwargs)

@@ -199,21 +199,36 @@ class MaskedAutoencoder(nn.Module):
         return self.forward_decoder(latent, ids_restore, grid), mask
 
 
-def _mae_batch(batch_size: int, input_shape: Any, generator: torch.Generator | None = None) -> Batch:
-    return Batch((image_batch(batch_size, input_shape, generator),), None)
+def _mae_batch(batch_size: int, input_shape: Any, generator: torch.Generator | None = None,
+               patch_size: int = 16) -> Batch:
+    """Images ``[B, 3, H, W]`` and the masking noise ``[B, L]`` (``L = (H/p)(W/p)``), both from the batch's seeded
+    generator: the mask is part of the input, so a step is reproducible on every device and precision (the
+    accuracy gate needs that); the cost is MAE's own (same keep ratio, one ``argsort`` of the noise per step)."""
+    imgs = image_batch(batch_size, input_shape, generator)
+    noise = torch.rand(batch_size, (input_shape[-2] // patch_size) * (input_shape[-1] // patch_size),
+                       generator=generator)
+    return Batch((imgs, noise), None)
 
 
 def _mae_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    (imgs,) = batch.inputs
-    pred, mask = model(imgs)
+    imgs = batch.inputs[0]
+    pred, mask = model(*batch.inputs)
     return model.forward_loss(imgs, pred, mask)  # type: ignore[operator]
+
+
+def _mae_outputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """The accuracy gate's tensors: the reconstruction ``[B, L, p*p*3]`` and the loss, on the batch's seeded mask."""
+    imgs = batch.inputs[0]
+    pred, mask = model(*batch.inputs)
+    return {"reconstruction": pred, "loss": model.forward_loss(imgs, pred, mask)}  # type: ignore[operator]
 
 
 def build_mae(variant: str, **kwargs: Any) -> MaskedAutoencoder:
     return MaskedAutoencoder(**{**_CONFIGS[variant], **kwargs})
 
 
-_REG = dict(family="mae", task="self-supervised", input_shape=(3, 224, 224), batch_fn=_mae_batch, loss_fn=_mae_loss)
+_REG = dict(family="mae", task="self-supervised", input_shape=(3, 224, 224), batch_fn=_mae_batch, loss_fn=_mae_loss,
+            outputs_fn=_mae_outputs)
 
 
 @register_model(**_REG)

@@ -90,6 +90,26 @@ def cross_entropy_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(model(*batch.inputs).float(), batch.target)
 
 
+Outputs = dict[str, torch.Tensor]
+
+
+def forward_outputs(name: str) -> Callable[[nn.Module, Batch], Outputs]:
+    """``outputs_fn`` for models whose plain forward output is the tensor to compare: ``{name: model(*inputs)}``.
+
+    Marked ``uses_forward``: the accuracy gate then calls it on the timed (possibly compiled) module itself.
+    """
+
+    def fn(model: nn.Module, batch: Batch) -> Outputs:
+        return {name: model(*batch.inputs)}
+
+    fn.uses_forward = True  # type: ignore[attr-defined]
+    fn.__name__ = f"forward_outputs_{name}"
+    return fn
+
+
+logits_outputs = forward_outputs("logits")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the harness needs to know about one registered model.
@@ -106,6 +126,12 @@ class ModelSpec:
         batch_fn: ``batch_fn(batch_size, input_shape, generator) -> Batch`` on the CPU.
         forward_fn: inference call, ``forward_fn(model, batch) -> output``.
         loss_fn: training loss, ``loss_fn(model, batch) -> scalar``; the model is in train mode.
+        outputs_fn: what the accuracy gate (:mod:`bench.accuracy`) compares against the float64 model,
+            ``outputs_fn(model, batch) -> {name: tensor}`` in eval mode: fixed-shape tensors computed before any
+            data-dependent step (no NMS, no top-k), deterministic given the weights and the batch (seeded masks and
+            views). Classification: ``{"logits"}``.
+        train_check: ``""`` if a train step's loss and gradients are comparable across precisions and devices,
+            else why not (the accuracy gate then skips train rows of this model and says why).
     """
 
     name: str
@@ -119,6 +145,8 @@ class ModelSpec:
     batch_fn: Callable[..., Batch] | None = None
     forward_fn: Callable[[nn.Module, Batch], Any] = default_forward
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = cross_entropy_loss
+    outputs_fn: Callable[[nn.Module, Batch], Outputs] = logits_outputs
+    train_check: str = ""
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -145,6 +173,9 @@ class ModelSpec:
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return self.loss_fn(model, batch)
 
+    def outputs(self, model: nn.Module, batch: Batch) -> Outputs:
+        return self.outputs_fn(model, batch)
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -160,13 +191,22 @@ def register_model(
     batch_fn: Callable[..., Batch] | None = None,
     forward_fn: Callable[[nn.Module, Batch], Any] = default_forward,
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor] = cross_entropy_loss,
+    outputs_fn: Callable[[nn.Module, Batch], Outputs] | None = None,
+    train_check: str = "",
     name: str | None = None,
     **extra: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder under its function name (or ``name``). Raises on duplicates."""
+    """Decorator registering a builder under its function name (or ``name``). Raises on duplicates.
+
+    ``outputs_fn`` defaults to the logits for ``task="classification"``; every other task must declare it.
+    """
     unknown = set(hot_paths) - set(HOT_PATHS)
     if unknown:
         raise ValueError(f"unknown hot paths {sorted(unknown)}; valid: {HOT_PATHS}")
+    if outputs_fn is None:
+        if task != "classification":
+            raise ValueError(f"task {task!r} must declare outputs_fn (the tensors the accuracy gate compares)")
+        outputs_fn = logits_outputs
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
@@ -184,6 +224,8 @@ def register_model(
             batch_fn=batch_fn,
             forward_fn=forward_fn,
             loss_fn=loss_fn,
+            outputs_fn=outputs_fn,
+            train_check=train_check,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
             extra=dict(extra),
         )

@@ -99,8 +99,19 @@ def _simclr_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return model.loss(*batch.inputs)  # type: ignore[operator]
 
 
+def _simclr_outputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    """The accuracy gate's tensors: projections ``[2B, 128]`` of two seeded views of each image and their NT-Xent
+    loss (the views come from a CPU generator seeded 0, so every device and precision sees the same pixels)."""
+    (x,) = batch.inputs
+    g = torch.Generator().manual_seed(0)
+    views = torch.cat([augment(x, g), augment(x, g)])
+    z = model(views)
+    z1, z2 = z.chunk(2)
+    return {"projections": z, "loss": nt_xent(z1, z2, model.temperature)}  # type: ignore[arg-type]
+
+
 @register_model(family="simclr", task="self-supervised", input_shape=(3, 224, 224), batch_fn=_ssl_batch,
-                loss_fn=_simclr_loss)
+                loss_fn=_simclr_loss, outputs_fn=_simclr_outputs)
 def simclr_resnet50(**kwargs: Any) -> SimCLR:
     """SimCLR ResNet-50 with a 2048-2048-128 projection head (28.0 M params)."""
     return SimCLR(**kwargs)

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import Batch, image_batch, register_model
+from .registry import Batch, forward_outputs, image_batch, register_model
 
-__all__ = ["UNet", "segmentation_batch_fn", "segmentation_loss"]
+__all__ = ["UNet", "segmentation_batch_fn", "segmentation_loss", "segmentation_outputs"]
 
 
 class DoubleConv(nn.Sequential):
@@ -119,8 +119,11 @@ def segmentation_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return F.cross_entropy(model(*batch.inputs).float(), batch.target)
 
 
+# the accuracy gate compares the dense head: per-pixel class logits [B, K, H, W]
+segmentation_outputs = forward_outputs("dense_logits")
+
 _REG = dict(family="unet", task="segmentation", input_shape=(3, 512, 512), num_classes=21,
-            batch_fn=segmentation_batch_fn(21), loss_fn=segmentation_loss)
+            batch_fn=segmentation_batch_fn(21), loss_fn=segmentation_loss, outputs_fn=segmentation_outputs)
 
 
 @register_model(**_REG)

@@ -310,8 +310,13 @@ def _yolo(variant: str, **kwargs: Any) -> YOLOv5:
     return YOLOv5(depth, width, **kwargs)
 
 
+def yolo_outputs(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+    """The accuracy gate's tensors: the three raw head maps ``[B, 3, H/s, W/s, 5 + nc]`` before decoding and NMS."""
+    return dict(zip(("p3", "p4", "p5"), model.raw(batch.inputs[0])))  # type: ignore[operator]
+
+
 _REG = dict(family="yolov5", task="detection", input_shape=(3, 640, 640), num_classes=80,
-            batch_fn=detection_batch_fn(80, 0), loss_fn=detection_loss)
+            batch_fn=detection_batch_fn(80, 0), loss_fn=detection_loss, outputs_fn=yolo_outputs)
 
 
 @register_model(**_REG)

@@ -26,6 +26,14 @@ grad-weight product per forward product), GB/s from ``spec.min_bytes``/``min_byt
 (:mod:`.peaks`), the roofline floor ``max(bytes / peak GB/s, flops / peak FLOP/s)``, and speedups of every provider
 over eager, compile and the best vendor peer. A provider that fails becomes a row with its status (``oom``,
 ``compile_error``, ``unsupported``, ``error``) and the sweep goes on.
+
+Accuracy, per provider, after its timing (not inside it): one more call on fresh copies of the case's inputs,
+compared with ``spec.reference`` in float64 exactly as ``bench kernels --check`` compares the kernel (the same
+inputs, the same ``g`` for backward, the same rule and table, :func:`kernels.testing.passes`: within
+``MULTIPLE[dt]`` x eager's own max-abs error + ``ATOL[dt]``, or ``RTOL_FRO[dt]``, no NaN/Inf). ``max_abs_err`` and
+``rel_fro_err`` are the worst over the compared tensors. A provider that fails the rule gets status
+``inaccurate`` (timing kept) and takes no part in the speedups, so no speedup is quoted over a peer that computed
+something else.
 """
 
 from __future__ import annotations
@@ -41,8 +49,18 @@ import torch
 from bench.timing import summarize
 from kernels._triton import dispatch_path
 from kernels.registry import KernelSpec
+from kernels.testing import error_stats, passes, tolerance
 
-from .check import _differentiable, count_triton_launches, dtype_name, grad_forward
+from .check import (
+    _arg_names,
+    _differentiable,
+    _make_grad_outputs,
+    _named_outputs,
+    _run,
+    count_triton_launches,
+    dtype_name,
+    grad_forward,
+)
 from .peaks import DevicePeak
 
 __all__ = ["BENCH_COLUMNS", "BUILTIN_PROVIDERS", "bench_case", "provider_names", "add_speedups", "derive_metrics",
@@ -55,6 +73,7 @@ BENCH_COLUMNS = [
     "warm_p50_us", "n_samples", "compile_ms", "launches", "flops", "bytes", "tflops", "gbps", "pct_peak_bw",
     "pct_peak_flops", "floor_us", "speedup_vs_eager", "speedup_vs_compile", "speedup_vs_best_peer", "best_peer",
     "peak_gbps", "peak_tflops", "copy_gbps", "peak_source", "path", "device", "shape_params", "timing",
+    "max_abs_err", "rel_fro_err", "acc_tolerance",
 ]
 
 _TIMING = "do_bench(return_mode='all'): cuda events, L2 flushed per call; warm: events, no flush"
@@ -210,6 +229,49 @@ def _bench_provider(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, A
     return {**_time(call, warmup_ms, rep_ms), "compile_ms": first_ms, "launches": n_launch}
 
 
+class _Accuracy:
+    """The float64 reference and eager-in-dtype runs of one case (computed on first use), and a provider's check."""
+
+    def __init__(self, spec: KernelSpec, inputs: Any, dtype: torch.dtype, direction: str, seed: int) -> None:
+        self.spec, self.inputs, self.dtype, self.direction, self.seed = spec, inputs, dtype, direction, seed
+        self.names = _arg_names(spec.fn, len(inputs.args))
+        self._ref: Any = None
+
+    def _refs(self) -> Any:
+        if self._ref is None:
+            gs = None
+            if self.direction == "backward":
+                with torch.no_grad():
+                    probe = _named_outputs(self.spec.reference(*self.inputs.args, **self.inputs.kwargs))
+                gs = _make_grad_outputs(probe, self.dtype, self.seed)
+            ref = _run(self.spec.reference, self.inputs, self.direction, self.names, gs, upcast=True)
+            eager = _run(self.spec.reference, self.inputs, self.direction, self.names, gs, upcast=False)
+            self._ref = (gs, ref, eager)
+        return self._ref
+
+    def check(self, fn: Callable[..., Any]) -> dict[str, Any]:
+        """``max_abs_err``, ``rel_fro_err``, ``acc_tolerance`` and ``ok`` (the check's pass rule on every tensor)."""
+        gs, ref, eager = self._refs()
+        got = _run(fn, self.inputs, self.direction, self.names, gs, upcast=False)
+        tol = tolerance(self.dtype)
+        worst_abs = worst_rel = 0.0
+        bad = []
+        for name, r64 in ref.tensors.items():
+            t, e = got.tensors.get(name), eager.tensors.get(name)
+            if r64 is None or e is None:
+                continue
+            if t is None:
+                bad.append(f"{name}: no output")
+                continue
+            s, se = error_stats(t, r64), error_stats(e, r64)
+            worst_abs, worst_rel = max(worst_abs, s.max_abs), max(worst_rel, s.rel_fro)
+            if not passes(s, se, self.dtype):
+                bad.append(f"{name}: max_abs {s.max_abs:.3g} (eager {se.max_abs:.3g}), rel_fro {s.rel_fro:.3g}"
+                           + (f", {s.nonfinite} NaN/Inf" if s.nonfinite else ""))
+        return {"max_abs_err": worst_abs, "rel_fro_err": worst_rel, "ok": not bad, "why": "; ".join(bad),
+                "acc_tolerance": f"max_abs <= {tol.multiple:g}*eager + {tol.atol:g} or rel_fro <= {tol.rtol_fro:g}"}
+
+
 def bench_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dtype: torch.dtype, direction: str,
                providers: Sequence[str], device: torch.device | str, peak: DevicePeak | None,
                warmup_ms: float = 25, rep_ms: float = 100, seed: int = 0) -> list[dict[str, Any]]:
@@ -235,6 +297,7 @@ def bench_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dtyp
         return [{**base, "provider": p, "path": _path(p, dev), "status": status,
                  "message": f"make_inputs: {type(e).__name__}: {str(e)[:300]}"} for p in providers]
     grad_idx = _differentiable(inputs)
+    acc = _Accuracy(spec, inputs, dtype, direction, seed)
     for p in providers:
         row = {**base, "provider": p, "path": _path(p, dev)}
         if direction == "backward" and not grad_idx:
@@ -253,6 +316,14 @@ def bench_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dtyp
             else:
                 row.update(status="ok", message="")
                 row.update(derive_metrics(res["p50_us"] * 1e-3, flops, nbytes, peak, dt))
+                try:
+                    a = acc.check(fn)
+                except Exception as ae:  # a broken check must not hide a timed provider; say so
+                    a = {"ok": True, "why": "", "acc_error": f"{type(ae).__name__}: {str(ae).strip()[:200]}"}
+                    row["message"] = f"accuracy check failed: {a['acc_error']}"
+                row.update({k: v for k, v in a.items() if k not in ("ok", "why", "acc_error")})
+                if not a["ok"]:  # timed, but not the same function: no speedup is quoted for or against it
+                    row.update(status="inaccurate", message=f"inaccurate vs float64: {a['why']}"[:400])
         except Exception as e:  # one provider failing must not stop the sweep
             row.update(status=_classify(e), message=f"{type(e).__name__}: {str(e).strip()[:300]}")
         rows.append(row)

@@ -478,6 +478,29 @@ def test_bench_case_plumbing_on_cpu(monkeypatch: Any, direction: str) -> None:
         assert rows[0]["status"] == "error" and "no Triton kernel was launched" in rows[0]["message"]
 
 
+def _off_by_one_percent(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return scale_shift(x, w, b) * 1.01  # a peer that computes something else (a mis-shaped bias, a wrong scale)
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_bench_case_marks_providers_that_disagree_with_float64_inaccurate(monkeypatch: Any, direction: str) -> None:
+    """Every provider's error against the float64 reference is in its row; the check's rule decides. A wrong peer is
+    ``inaccurate`` (timing kept) and never the best peer; a Triton kernel with a bug is ``inaccurate`` too."""
+    monkeypatch.setattr(microbench, "_time", _cpu_timer)
+    bug = {"forward": {"skip_last_tile": True}, "backward": {"bad_grad_tile": True}}[direction]
+    spec = dataclasses.replace(fake_spec(**bug), peers={"lib": scale_shift, "wrong": _off_by_one_percent})
+    rows = microbench.bench_case(spec, "odd", TEST_SHAPES["odd"], torch.float32, direction,
+                                 ["triton", "eager", "lib", "wrong"], "cpu", None, seed=1)
+    by = {r["provider"]: r for r in rows}
+    assert {p: r["status"] for p, r in by.items()} == {"triton": "inaccurate", "eager": "ok", "lib": "ok",
+                                                       "wrong": "inaccurate"}
+    assert by["eager"]["max_abs_err"] < 1e-5 and by["lib"]["rel_fro_err"] < 1e-6
+    assert by["wrong"]["rel_fro_err"] > 1e-3 and by["wrong"]["p50_us"] > 0 and "inaccurate vs float64" in \
+        by["wrong"]["message"]
+    assert by["eager"]["best_peer"] == "lib" and by["triton"].get("speedup_vs_eager") is None
+    assert "rel_fro <= " in by["lib"]["acc_tolerance"]
+
+
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("name", sorted(list_kernels()))
 def test_every_registered_kernel_and_peer_through_bench_case(monkeypatch: Any, name: str, direction: str) -> None:

@@ -90,3 +90,33 @@ def test_unknown_hot_path_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown hot paths"):
         register_model(family="x", hot_paths=("flash",), name="_never")(lambda: nn.Identity())
     unregister_model("_never")
+
+
+def test_every_model_declares_the_tensors_the_accuracy_gate_compares() -> None:
+    from models.registry import logits_outputs
+
+    for name in ALL:
+        spec = models.get_spec(name)
+        assert callable(spec.outputs_fn), name
+        assert (spec.outputs_fn is logits_outputs) == (spec.task == "classification"), name
+    with pytest.raises(ValueError, match="must declare outputs_fn"):
+        register_model(family="fake", task="segmentation")(lambda: nn.Identity())
+
+
+# one model per declared outputs function (the other variants share it)
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "yolov5n", "simclr_resnet50", "mae_vit_b_16", "unet",
+                                  "deeplabv3plus_resnet50"])
+def test_declared_outputs_are_fixed_shape_deterministic_and_finite(name: str) -> None:
+    """Same weights and batch -> the same named float tensors, twice (seeded masks and views, no data-dependent
+    selection); the compared set does not depend on the values (it holds for every precision and device)."""
+    spec = models.get_spec(name)
+    torch.manual_seed(0)
+    small = {"mae_vit_b_16": dict(dim=32, depth=1, num_heads=4, decoder_dim=32, decoder_depth=1, decoder_heads=4)}
+    model = spec.builder(**small.get(name, {})).eval()  # MAE-B's init alone costs ~8 s here; its outputs_fn is shared
+    batch = spec.make_batch(2, (3, 64, 64))
+    with torch.no_grad():
+        a, b = spec.outputs(model, batch), spec.outputs(model, batch)
+    assert a and set(a) == set(b)
+    for k, t in a.items():
+        assert isinstance(t, torch.Tensor) and t.is_floating_point() and torch.isfinite(t).all(), (name, k)
+        assert torch.equal(t, b[k]), (name, k)
