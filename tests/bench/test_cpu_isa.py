@@ -133,7 +133,8 @@ def test_autocast_and_pure_precision_run_what_they_say(dtype: str, weight: torch
     step()
     assert _DtypeSpy.seen[-1] == (weight, inp, out)
     assert ("pure" in facts["precision_note"]) == dtype.endswith("-pure")
-    row, _ = measure(cfg, RunOptions(warmup_s=0, min_time_s=0.01, count_flops=False, allow_slow_fallback=True))
+    row, _ = measure(cfg, RunOptions(warmup_s=0, min_time_s=0.01, count_flops=False, allow_slow_fallback=True,
+                                     check_accuracy=False))
     assert row["status"] == "ok", row.get("error")
     assert all(s == (weight, inp, out) for s in _DtypeSpy.seen)
 
