@@ -26,6 +26,10 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["tests"]
 
 CPU_ENV = {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+# The suite runs in two pytest-xdist workers of one thread each: most of its time is Triton's interpreter (numpy, one
+# core) and subprocesses (ptxas, spawned workers), which a single process leaves the second core idle for. Ray's
+# tests share one worker (xdist_group "ray"). VB_TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS = os.environ.get("VB_TEST_WORKERS", "2")
 
 
 def _install(session: nox.Session, extras: str = "dev") -> None:
@@ -37,7 +41,9 @@ def _install(session: nox.Session, extras: str = "dev") -> None:
 def tests(session: nox.Session) -> None:
     """Run the CPU test suite (Triton kernels in the interpreter). Extra args go to pytest."""
     _install(session, "dev,ray")
-    session.run("pytest", "-q", "--durations=15", *session.posargs, env=CPU_ENV)
+    xdist = ["-n", TEST_WORKERS, "--dist", "loadgroup"] if TEST_WORKERS != "0" else []
+    env = {**CPU_ENV, "OMP_NUM_THREADS": "1"} if xdist else CPU_ENV
+    session.run("pytest", "-q", "--durations=25", *xdist, *session.posargs, env=env)
 
 
 @nox.session(reuse_venv=True)

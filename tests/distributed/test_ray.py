@@ -30,7 +30,9 @@ from bench.io import read_results  # noqa: E402
 from bench.runner import RESULT_COLUMNS, RunOptions  # noqa: E402
 from bench.sweep import run_sweep  # noqa: E402
 
-pytestmark = pytest.mark.ray
+# One xdist worker runs every Ray test (`nox -s tests` uses --dist loadgroup): the module's clusters share the
+# node's default ports and must not start twice at once.
+pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
