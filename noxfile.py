@@ -76,3 +76,94 @@ def compile(session: nox.Session) -> None:  # noqa: A001 - the session's name on
     arch = session.posargs[0] if session.posargs else "sm_90"
     session.run("python", "-m", "bench", "kernels", "--compile", "--arch", arch, "--out",
                 f"results/aot-{arch.replace('_', '')}", env={"TRITON_INTERPRET": "0", "PYTHONUNBUFFERED": "1"})
+
+
+# --- mutation testing (not in the default sessions) -----------------------------------------------------------------
+# Each group: the modules whose mutants are run, and the tests that may kill them. mutmut first runs these tests once
+# with tracing and then, per mutant, only the tests that executed the mutated function, so a group's test list can
+# be generous without every mutant paying for all of it.
+MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "harness": (
+        ["bench/stats.py", "bench/compare.py", "bench/timing.py", "bench/memory.py", "bench/runner.py",
+         "bench/flops.py"],
+        ["tests/bench/test_stats_truth.py", "tests/bench/test_compare.py", "tests/bench/test_timing.py",
+         "tests/bench/test_flops_memory.py", "tests/bench/test_harness_truth.py",
+         "tests/bench/test_sweep.py::test_failures_become_rows_and_the_sweep_goes_on"],
+    ),
+    # The kernels' launchers (the Python side of kernel.py and op.py); their tests run in Triton's interpreter, so
+    # this group is hours on 2 cores: run it on a bigger machine, or one module at a time (`-- kernels <glob>`).
+    "kernels": (
+        ["kernels/depthwise_conv/op.py", "kernels/depthwise_conv/kernel.py", "kernels/window_attention/op.py",
+         "kernels/window_attention/kernel.py", "kernels/roi_align/op.py", "kernels/roi_align/kernel.py"],
+        ["tests/kernels/test_depthwise_conv.py", "tests/kernels/test_window_attention.py",
+         "tests/kernels/test_roi_align.py", "-m", "not slow and not gpu"],
+    ),
+}
+
+
+@nox.session(reuse_venv=True)
+def mutants(session: nox.Session) -> None:
+    """Mutation testing with mutmut: ``nox -s mutants -- [harness|kernels] [MUTANT_GLOB ...]`` -> report under
+    results/mutants/<group>/ (score per module, every survivor listed). Runs in a scratch copy of the tracked files,
+    niced; the mutmut cache there is reused between runs of the same group."""
+    import shutil
+    import subprocess
+
+    _install(session, "dev,mutants")
+    group = session.posargs[0] if session.posargs else "harness"
+    if group not in MUTANT_GROUPS:
+        session.error(f"unknown group {group!r}; valid: {', '.join(MUTANT_GROUPS)}")
+    modules, tests = MUTANT_GROUPS[group]
+    repo = Path(__file__).resolve().parent
+    scratch = Path(session.create_tmp()) / f"mutants-{group}"
+    files = subprocess.run(["git", "ls-files"], cwd=repo, check=True, capture_output=True, text=True).stdout.split()
+    for f in files:  # refresh the sources; keep scratch/mutants (mutmut's cache)
+        dst = scratch / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / f, dst)
+    cfg = {"source_paths": sorted({m.split("/")[0] for m in modules}), "only_mutate": modules,
+           "also_copy": ["bench", "kernels", "models"], "pytest_add_cli_args_test_selection": tests,
+           "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-q"],
+           "process_isolation": "forkserver", "timeout_multiplier": 5.0}
+    with open(scratch / "pyproject.toml", "a") as fh:
+        fh.write("\n" + _toml_section("tool.mutmut", cfg))
+    env = {**CPU_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    with session.chdir(scratch):
+        session.run("nice", "-n", "10", "mutmut", "run", "--max-children", str(os.cpu_count() or 2),
+                    *session.posargs[1:], env=env, external=True, success_codes=[0, 1])
+        _mutants_report(session, modules, repo / "results" / "mutants" / group)
+
+
+# mutmut's exit codes counted as killed: tests failed, pytest internal error, timeouts, caught by the type check.
+_KILLED = {1, 3, 36, 37, -24, 24, 152, 255}
+
+
+def _mutants_report(session: nox.Session, modules: list[str], out: Path) -> None:
+    """results/mutants/<group>/: summary.json (counts per module) and survivors.md (each surviving mutant's diff).
+    Score = killed (tests failed or timed out) / mutants checked; 'no tests' counts as not killed."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary, survivors = {}, []
+    for mod in modules:
+        meta = Path("mutants") / f"{mod}.meta"
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        checked = {k: c for k, c in codes.items() if c is not None}
+        killed = sum(c in _KILLED for c in checked.values())
+        summary[mod] = {"mutants": len(codes), "checked": len(checked), "killed": killed,
+                        "survived": len(checked) - killed,
+                        "score": round(killed / len(checked), 4) if checked else None}
+        survivors += [(mod, k, c) for k, c in sorted(checked.items()) if c not in _KILLED]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = ["# Surviving mutants", "", "| module | mutants | checked | killed | score |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | {s['mutants']} | {s['checked']} | {s['killed']} | {s['score']} |" for m, s in summary.items()]
+    for _mod, name, code in survivors:
+        diff = session.run("mutmut", "show", name, silent=True, external=True) or ""
+        lines += ["", f"## {name} (exit {code})", "", "```diff", diff.strip(), "```"]
+    (out / "survivors.md").write_text("\n".join(lines) + "\n")
+
+
+def _toml_section(name: str, values: dict[str, object]) -> str:
+    import json
+
+    return f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
