@@ -6,6 +6,8 @@
 * ``bench-gpu``: the full GPU job (kernel numerics on CUDA, kernel microbenchmarks, model sweep) in the *current*
   interpreter, no new virtualenv, no network: ``nox -s bench-gpu -- OUT_DIR``. Exits non-zero without a CUDA device.
 * ``benchmarks``: pytest-benchmark comparisons of our code against its twins (tests/benchmarks/).
+* ``mutants``: mutation testing (mutmut) of the harness and the kernels' launchers, in the current interpreter
+  (``nox -s mutants -- harness`` -> ``results/mutants/<group>/``); not a default session.
 * ``compile``: every kernel launch compiled ahead of time for a GPU architecture, no GPU needed
   (``nox -s compile -- sm_90`` -> ``results/aot-sm90/``).
 
@@ -16,6 +18,7 @@ once per machine; the install step still runs every time, so a missing dependenc
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -82,37 +85,58 @@ def compile(session: nox.Session) -> None:  # noqa: A001 - the session's name on
 # Each group: the modules whose mutants are run, and the tests that may kill them. mutmut first runs these tests once
 # with tracing and then, per mutant, only the tests that executed the mutated function, so a group's test list can
 # be generous without every mutant paying for all of it.
+_KERNEL_TESTS = ["-m", "not slow and not gpu"]
 MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
-    "harness": (
-        ["bench/stats.py", "bench/compare.py", "bench/timing.py", "bench/memory.py", "bench/runner.py",
-         "bench/flops.py"],
-        ["tests/bench/test_stats_truth.py", "tests/bench/test_compare.py", "tests/bench/test_timing.py",
-         "tests/bench/test_flops_memory.py", "tests/bench/test_harness_truth.py",
-         "tests/bench/test_sweep.py::test_failures_become_rows_and_the_sweep_goes_on"],
-    ),
-    # The kernels' launchers (the Python side of kernel.py and op.py); their tests run in Triton's interpreter, so
-    # this group is hours on 2 cores: run it on a bigger machine, or one module at a time (`-- kernels <glob>`).
-    "kernels": (
-        ["kernels/depthwise_conv/op.py", "kernels/depthwise_conv/kernel.py", "kernels/window_attention/op.py",
-         "kernels/window_attention/kernel.py", "kernels/roi_align/op.py", "kernels/roi_align/kernel.py"],
-        ["tests/kernels/test_depthwise_conv.py", "tests/kernels/test_window_attention.py",
-         "tests/kernels/test_roi_align.py", "-m", "not slow and not gpu"],
-    ),
+    "stats": (["bench/stats.py"],
+              ["tests/bench/test_stats_truth.py", "tests/bench/test_compare.py", "-k",
+               "test_stats_truth or known_values or fast_bootstrap or bootstrap_is_seeded"]),
+    "timing": (["bench/timing.py"], ["tests/bench/test_timing.py"]),
+    "memory": (["bench/memory.py"], ["tests/bench/test_flops_memory.py", "-k", "memory"]),
+    "flops": (["bench/flops.py"], ["tests/bench/test_flops_memory.py", "tests/bench/test_harness_truth.py", "-k",
+                                   "not resnet50"]),
+    "runner": (["bench/runner.py"],
+               ["tests/bench/test_harness_truth.py",
+                "tests/bench/test_sweep.py::test_failures_become_rows_and_the_sweep_goes_on"]),
+    "compare": (["bench/compare.py"], ["tests/bench/test_compare.py"]),
+    # The kernels' launchers (the Python side of kernel.py, and op.py): their tests run in Triton's interpreter, so
+    # these take hours on 2 cores: run them on a bigger machine.
+    "depthwise": (["kernels/depthwise_conv/op.py", "kernels/depthwise_conv/kernel.py"],
+                  ["tests/kernels/test_depthwise_conv.py", *_KERNEL_TESTS]),
+    "window_attention": (["kernels/window_attention/op.py", "kernels/window_attention/kernel.py"],
+                         ["tests/kernels/test_window_attention.py", *_KERNEL_TESTS]),
+    "roi_align": (["kernels/roi_align/op.py", "kernels/roi_align/kernel.py"],
+                  ["tests/kernels/test_roi_align.py", *_KERNEL_TESTS]),
 }
+# `nox -s mutants -- harness` runs these one after another.
+MUTANT_ALIASES = {"harness": ["stats", "timing", "memory", "flops", "runner", "compare"],
+                  "kernels": ["depthwise", "window_attention", "roi_align"]}
 
 
-@nox.session(reuse_venv=True)
+@nox.session(venv_backend="none")
 def mutants(session: nox.Session) -> None:
-    """Mutation testing with mutmut: ``nox -s mutants -- [harness|kernels] [MUTANT_GLOB ...]`` -> report under
-    results/mutants/<group>/ (score per module, every survivor listed). Runs in a scratch copy of the tracked files,
-    niced; the mutmut cache there is reused between runs of the same group."""
+    """Mutation testing with mutmut: ``nox -s mutants -- GROUP [MUTANT_GLOB ...]`` (a module group above, or
+    ``harness`` / ``kernels``) -> results/mutants/<group>/ (score per module, every survivor's diff). Each group runs
+    in its own scratch copy of the tracked files, niced; mutmut's cache there is reused by the next run. mutmut
+    first runs the group's tests once with tracing, then per mutant only the tests that executed the mutated
+    function (fastest first, stopping at the first failure). Runs in the current interpreter (no new virtualenv:
+    torch installs once), which needs the ``mutants`` extra: ``pip install -e '.[dev,mutants]'``."""
+    import importlib.util
+
+    if importlib.util.find_spec("mutmut") is None:
+        session.error(f"mutmut is not installed for {sys.executable}: pip install -e '.[dev,mutants]'")
+    name = session.posargs[0] if session.posargs else "harness"
+    groups = MUTANT_ALIASES.get(name, [name])
+    unknown = [g for g in groups if g not in MUTANT_GROUPS]
+    if unknown:
+        session.error(f"unknown group {unknown[0]!r}; valid: {', '.join([*MUTANT_GROUPS, *MUTANT_ALIASES])}")
+    for group in groups:
+        _run_mutmut(session, group, session.posargs[1:])
+
+
+def _run_mutmut(session: nox.Session, group: str, globs: list[str]) -> None:
     import shutil
     import subprocess
 
-    _install(session, "dev,mutants")
-    group = session.posargs[0] if session.posargs else "harness"
-    if group not in MUTANT_GROUPS:
-        session.error(f"unknown group {group!r}; valid: {', '.join(MUTANT_GROUPS)}")
     modules, tests = MUTANT_GROUPS[group]
     repo = Path(__file__).resolve().parent
     scratch = Path(session.create_tmp()) / f"mutants-{group}"
@@ -129,8 +153,8 @@ def mutants(session: nox.Session) -> None:
         fh.write("\n" + _toml_section("tool.mutmut", cfg))
     env = {**CPU_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     with session.chdir(scratch):
-        session.run("nice", "-n", "10", "mutmut", "run", "--max-children", str(os.cpu_count() or 2),
-                    *session.posargs[1:], env=env, external=True, success_codes=[0, 1])
+        session.run("nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children",
+                    str(os.cpu_count() or 2), *globs, env=env, external=True, success_codes=[0, 1])
         _mutants_report(session, modules, repo / "results" / "mutants" / group)
 
 
@@ -158,7 +182,7 @@ def _mutants_report(session: nox.Session, modules: list[str], out: Path) -> None
     lines = ["# Surviving mutants", "", "| module | mutants | checked | killed | score |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {s['mutants']} | {s['checked']} | {s['killed']} | {s['score']} |" for m, s in summary.items()]
     for _mod, name, code in survivors:
-        diff = session.run("mutmut", "show", name, silent=True, external=True) or ""
+        diff = session.run(sys.executable, "-m", "mutmut", "show", name, silent=True, external=True) or ""
         lines += ["", f"## {name} (exit {code})", "", "```diff", diff.strip(), "```"]
     (out / "survivors.md").write_text("\n".join(lines) + "\n")
 
