@@ -401,7 +401,8 @@ def check_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dtyp
         for s, poison in zip(stats, POISONS):
             if not passes(s, eager_stats, dtype):
                 what = (f"{s.nonfinite} non-finite element(s) where the reference is finite" if s.nonfinite
-                        else f"rel_fro {_fmt(s.rel_fro)} > the {dtype_name(dtype)} cap {_fmt(tol.fro_cap)}"
+                        else f"rel_fro {_fmt(s.rel_fro)} > the {dtype_name(dtype)} cap {_fmt(tol.fro_cap)} "
+                             f"(max_abs {_fmt(s.max_abs)})"
                         if s.rel_fro > tol.fro_cap
                         else f"max_abs {_fmt(s.max_abs)} > {_fmt(tol.multiple * eager_stats.max_abs + tol.atol)} "
                              f"and rel_fro {_fmt(s.rel_fro)} > {_fmt(tol.rtol_fro)}")
