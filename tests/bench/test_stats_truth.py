@@ -7,8 +7,9 @@ import itertools
 import math
 
 import numpy as np
+import pytest
 
-from bench.stats import bootstrap_ratio_ci, compare_samples, mann_whitney_p
+from bench.stats import benjamini_hochberg, bootstrap_ratio_ci, compare_samples, mann_whitney_p
 
 
 def test_mann_whitney_tie_correction_equals_the_permutation_variance() -> None:
@@ -56,3 +57,10 @@ def test_significant_needs_the_rank_test_too() -> None:
     assert not est.significant
     # With 6 vs 6 both agree.
     assert compare_samples([1.0, 1.01, 1.02, 1.03, 1.04, 1.05], [2.0, 2.01, 2.02, 2.03, 2.04, 2.05]).significant
+
+
+def test_benjamini_hochberg_edges() -> None:
+    # p = 0 is a valid p-value (an exact test can give it); outside [0, 1] is named in the error.
+    np.testing.assert_allclose(benjamini_hochberg([0.0, 0.5]), [0.0, 0.5])
+    with pytest.raises(ValueError, match=r"^p-values must lie in \[0, 1\]$"):
+        benjamini_hochberg([-0.1])
