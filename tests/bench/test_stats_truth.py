@@ -55,6 +55,8 @@ def test_significant_needs_the_rank_test_too() -> None:
     assert est.ci_low > 1.0
     assert est.p_value > 0.05
     assert not est.significant
+    assert est.ratio == 2.01 / 1.01 and est.ci_low <= est.ratio <= est.ci_high
+    assert (est.n_base, est.n_new) == (3, 3)
     # With 6 vs 6 both agree.
     assert compare_samples([1.0, 1.01, 1.02, 1.03, 1.04, 1.05], [2.0, 2.01, 2.02, 2.03, 2.04, 2.05]).significant
 
