@@ -66,3 +66,13 @@ def test_benjamini_hochberg_edges() -> None:
     np.testing.assert_allclose(benjamini_hochberg([0.0, 0.5]), [0.0, 0.5])
     with pytest.raises(ValueError, match=r"^p-values must lie in \[0, 1\]$"):
         benjamini_hochberg([-0.1])
+    np.testing.assert_allclose(benjamini_hochberg([1.0, 0.01]), [1.0, 0.02])  # p = 1 is valid too
+
+
+def test_mann_whitney_single_sample_side_and_empty_input() -> None:
+    # One sample against two: U = 2 (both pairs new > base), E[U] = 1, Var[U] = 1·2·4/12; no ties.
+    z = (abs(2 - 1) - 0.5) / math.sqrt(2 * 4 / 12)
+    assert abs(mann_whitney_p([1.0, 2.0], [3.0]) - math.erfc(z / math.sqrt(2))) < 1e-12
+    assert abs(mann_whitney_p([3.0], [1.0, 2.0]) - math.erfc(z / math.sqrt(2))) < 1e-12  # either side of one
+    with pytest.raises(ValueError, match=r"^both sample sets must be non-empty$"):
+        mann_whitney_p([1.0, 2.0], [])
