@@ -5,8 +5,10 @@
 * ``bench``: the main job on the CPU, the ``quick`` suite -> ``results/<run-name>/`` (``nox -s bench -- NAME``).
 * ``bench-gpu``: the full GPU job (kernel numerics on CUDA, kernel microbenchmarks, model sweep) in the *current*
   interpreter, no new virtualenv, no network: ``nox -s bench-gpu -- OUT_DIR``. Exits non-zero without a CUDA device.
-* ``benchmarks``: pytest-benchmark comparisons of our code against its twins (tests/benchmarks/), 2 threads,
-  15 rounds (``VB_BENCH_THREADS`` / ``VB_BENCH_ROUNDS`` override).
+* ``benchmarks``: pytest-benchmark comparisons of our code against its twins (tests/benchmarks/),
+  interleaved, as the README's table was measured (``BENCHMARKS_ENV``; the environment overrides).
+* ``mutants``: mutation testing (mutmut) of the harness and the kernels' launchers, in the current interpreter
+  (``nox -s mutants -- harness`` -> ``results/mutants/<group>/``); not a default session.
 * ``compile``: every kernel launch compiled ahead of time for a GPU architecture, no GPU needed
   (``nox -s compile -- sm_90`` -> ``results/aot-sm90/``).
 
@@ -17,6 +19,7 @@ once per machine; the install step still runs every time, so a missing dependenc
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -68,7 +71,7 @@ def bench_gpu(session: nox.Session) -> None:
     session.run("python", "-m", "bench.gpu_job", *(session.posargs or ["results/gpu"]))
 
 
-# What the README quotes for `nox -s benchmarks`: 2 threads, batch 1, 15 rounds (the benchmark reads these; its own
+# What the README quotes for `nox -s benchmarks` (the benchmark reads these; its own
 # defaults are 1 thread and 10 rounds). Set them in the environment to measure something else.
 # What the README's models-vs-torchvision table was measured with (tests/test_readme_results.py holds them equal).
 # OMP_WAIT_POLICY=PASSIVE: on a shared CPU, OpenMP's spin-waiting made 2 threads 4x slower than 1
@@ -94,3 +97,122 @@ def compile(session: nox.Session) -> None:  # noqa: A001 - the session's name on
     arch = session.posargs[0] if session.posargs else "sm_90"
     session.run("python", "-m", "bench", "kernels", "--compile", "--arch", arch, "--out",
                 f"results/aot-{arch.replace('_', '')}", env={"TRITON_INTERPRET": "0", "PYTHONUNBUFFERED": "1"})
+
+
+# --- mutation testing (not in the default sessions) -----------------------------------------------------------------
+# Each group: the modules whose mutants are run, and the tests that may kill them. mutmut first runs these tests once
+# with tracing and then, per mutant, only the tests that executed the mutated function, so a group's test list can
+# be generous without every mutant paying for all of it.
+_KERNEL_TESTS = ["-m", "not slow and not gpu"]
+MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
+    "stats": (["bench/stats.py"],
+              ["tests/bench/test_stats_truth.py", "tests/bench/test_compare.py", "-k",
+               "test_stats_truth or known_values or fast_bootstrap or bootstrap_is_seeded"]),
+    "timing": (["bench/timing.py"], ["tests/bench/test_timing.py"]),
+    "memory": (["bench/memory.py"], ["tests/bench/test_flops_memory.py", "-k", "memory"]),
+    "flops": (["bench/flops.py"], ["tests/bench/test_flops_memory.py", "tests/bench/test_harness_truth.py", "-k",
+                                   "not resnet50"]),
+    "runner": (["bench/runner.py"],
+               ["tests/bench/test_harness_truth.py",
+                "tests/bench/test_sweep.py::test_failures_become_rows_and_the_sweep_goes_on"]),
+    "compare": (["bench/compare.py"], ["tests/bench/test_compare.py"]),
+    # The kernels' launchers (the Python side of kernel.py, and op.py): their tests run in Triton's interpreter, so
+    # these take hours on 2 cores: run them on a bigger machine.
+    "depthwise": (["kernels/depthwise_conv/op.py", "kernels/depthwise_conv/kernel.py"],
+                  ["tests/kernels/test_depthwise_conv.py", *_KERNEL_TESTS]),
+    "window_attention": (["kernels/window_attention/op.py", "kernels/window_attention/kernel.py"],
+                         ["tests/kernels/test_window_attention.py", *_KERNEL_TESTS]),
+    "roi_align": (["kernels/roi_align/op.py", "kernels/roi_align/kernel.py"],
+                  ["tests/kernels/test_roi_align.py", *_KERNEL_TESTS]),
+}
+# `nox -s mutants -- harness` runs these one after another.
+MUTANT_ALIASES = {"harness": ["stats", "timing", "memory", "flops", "runner", "compare"],
+                  "kernels": ["depthwise", "window_attention", "roi_align"]}
+
+
+@nox.session(venv_backend="none")
+def mutants(session: nox.Session) -> None:
+    """Mutation testing with mutmut: ``nox -s mutants -- GROUP [MUTANT_GLOB ...]`` (a module group above, or
+    ``harness`` / ``kernels``) -> results/mutants/<group>/ (score per module, every survivor's diff). Each group runs
+    in its own scratch copy of the tracked files, niced; mutmut's cache there is reused by the next run. mutmut
+    first runs the group's tests once with tracing, then per mutant only the tests that executed the mutated
+    function (fastest first, stopping at the first failure). Runs in the current interpreter (no new virtualenv:
+    torch installs once), which needs the ``mutants`` extra: ``pip install -e '.[dev,mutants]'``."""
+    import importlib.util
+
+    if importlib.util.find_spec("mutmut") is None:
+        session.error(f"mutmut is not installed for {sys.executable}: pip install -e '.[dev,mutants]'")
+    name = session.posargs[0] if session.posargs else "harness"
+    groups = MUTANT_ALIASES.get(name, [name])
+    unknown = [g for g in groups if g not in MUTANT_GROUPS]
+    if unknown:
+        session.error(f"unknown group {unknown[0]!r}; valid: {', '.join([*MUTANT_GROUPS, *MUTANT_ALIASES])}")
+    for group in groups:
+        _run_mutmut(session, group, session.posargs[1:])
+
+
+def _run_mutmut(session: nox.Session, group: str, globs: list[str]) -> None:
+    import shutil
+    import subprocess
+
+    modules, tests = MUTANT_GROUPS[group]
+    repo = Path(__file__).resolve().parent
+    scratch = Path(session.create_tmp()) / f"mutants-{group}"
+    files = subprocess.run(["git", "ls-files"], cwd=repo, check=True, capture_output=True, text=True).stdout.split()
+    for f in files:  # refresh the sources; keep scratch/mutants (mutmut's cache)
+        dst = scratch / f
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / f, dst)
+    cfg = {"source_paths": sorted({m.split("/")[0] for m in modules}), "only_mutate": modules,
+           "also_copy": ["bench", "kernels", "models"], "pytest_add_cli_args_test_selection": tests,
+           "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-q"],
+           # The time limit is CPU seconds per mutant (RLIMIT_CPU): a forked worker still pays pytest's start-up and
+           # imports, several CPU seconds on a loaded 2-core machine, whatever the test's own estimate.
+           "process_isolation": "forkserver", "timeout_multiplier": 5.0, "timeout_constant": 60.0}
+    with open(scratch / "pyproject.toml", "a") as fh:
+        fh.write("\n" + _toml_section("tool.mutmut", cfg))
+    env = {**CPU_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
+    with session.chdir(scratch):
+        session.run("nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children",
+                    str(os.cpu_count() or 2), *globs, env=env, external=True, success_codes=[0, 1])
+        _mutants_report(session, modules, repo / "results" / "mutants" / group)
+
+
+# mutmut's exit codes counted as killed: tests failed, pytest internal error, caught by the type check. Timeouts are
+# reported apart and not counted as killed: a worker that runs out of its CPU limit says nothing about the tests.
+_KILLED = {1, 3, 37}
+_TIMEOUT = {36, -24, 24, 152, 255}
+
+
+def _mutants_report(session: nox.Session, modules: list[str], out: Path) -> None:
+    """results/mutants/<group>/: summary.json (counts per module) and survivors.md (each surviving mutant's diff).
+    Score = killed (a test failed) / mutants checked; timeouts and 'no tests' count as not killed."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary, survivors = {}, []
+    for mod in modules:
+        meta = Path("mutants") / f"{mod}.meta"
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        checked = {k: c for k, c in codes.items() if c is not None}
+        killed = sum(c in _KILLED for c in checked.values())
+        timeouts = sum(c in _TIMEOUT for c in checked.values())
+        summary[mod] = {"mutants": len(codes), "checked": len(checked), "killed": killed, "timeout": timeouts,
+                        "survived": len(checked) - killed - timeouts,
+                        "score": round(killed / len(checked), 4) if checked else None}
+        survivors += [(mod, k, c) for k, c in sorted(checked.items()) if c not in _KILLED]
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = ["# Surviving mutants", "", "| module | mutants | checked | killed | timeout | score |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {s['mutants']} | {s['checked']} | {s['killed']} | {s['timeout']} | {s['score']} |"
+              for m, s in summary.items()]
+    for _mod, name, code in survivors:
+        diff = session.run(sys.executable, "-m", "mutmut", "show", name, silent=True, external=True) or ""
+        lines += ["", f"## {name} (exit {code})", "", "```diff", diff.strip(), "```"]
+    (out / "survivors.md").write_text("\n".join(lines) + "\n")
+
+
+def _toml_section(name: str, values: dict[str, object]) -> str:
+    import json
+
+    return f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())

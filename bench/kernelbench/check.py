@@ -376,8 +376,9 @@ def check_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dtyp
         e_t = eager.tensors.get(name)
         k_ts = [run.tensors.get(name) for run in runs]
         row: dict[str, Any] = {"output": name, "launches": runs[0].launches,
-                               "tolerance": f"max_abs <= {tol.multiple:g}*eager + {tol.atol:g} or rel_fro <= "
-                                            f"{tol.rtol_fro:g}", "tol_rel_fro": tol.rtol_fro}
+                               "tolerance": f"(max_abs <= {tol.multiple:g}*eager + {tol.atol:g} or rel_fro <= "
+                                            f"{tol.rtol_fro:g}) and rel_fro <= {tol.fro_cap:g}",
+                               "tol_rel_fro": tol.rtol_fro}
         if r64 is None or e_t is None or any(k is None for k in k_ts):
             if r64 is None and all(k is None for k in k_ts):
                 rows.append({**row, "status": "pass", "message": "no gradient flows to this argument"})
@@ -400,6 +401,9 @@ def check_case(spec: KernelSpec, shape_name: str, shape: Mapping[str, Any], dtyp
         for s, poison in zip(stats, POISONS):
             if not passes(s, eager_stats, dtype):
                 what = (f"{s.nonfinite} non-finite element(s) where the reference is finite" if s.nonfinite
+                        else f"rel_fro {_fmt(s.rel_fro)} > the {dtype_name(dtype)} cap {_fmt(tol.fro_cap)} "
+                             f"(max_abs {_fmt(s.max_abs)})"
+                        if s.rel_fro > tol.fro_cap
                         else f"max_abs {_fmt(s.max_abs)} > {_fmt(tol.multiple * eager_stats.max_abs + tol.atol)} "
                              f"and rel_fro {_fmt(s.rel_fro)} > {_fmt(tol.rtol_fro)}")
                 problems.append(f"poison {poison}: {what}")

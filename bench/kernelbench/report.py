@@ -29,8 +29,9 @@ def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
 def _check_part(df: pd.DataFrame) -> list[str]:
     out = ["### Numerics (`--check`)", "",
            "Each output/gradient against a float64 reference from the same inputs; *eager* is the PyTorch reference "
-           "in the same dtype. A row passes if `max_abs <= multiple·eager_max_abs + atol` or `rel_fro <= rtol_fro` "
-           "(`kernels/testing.py`), with no NaN/Inf, every output element written (NaN and 1e4 poisons give "
+           "in the same dtype. A row passes if `max_abs <= multiple·eager_max_abs + atol` or `rel_fro <= rtol_fro`, "
+           "and always `rel_fro <= fro_cap` (`kernels/testing.py`), with no NaN/Inf, every output element written "
+           "(NaN and 1e4 poisons give "
            "identical results), inputs unchanged and a Triton kernel actually launched.", ""]
     rows = []
     for (k, dt, d), g in df.groupby(["kernel", "dtype", "direction"], sort=True):

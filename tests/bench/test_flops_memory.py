@@ -88,3 +88,32 @@ def test_cpu_peak_memory_grows_with_batch() -> None:
     assert peaks[0] >= one_output_mb
     assert peaks[1] == pytest.approx(2 * peaks[0], rel=0.05)
     assert peaks[2] == pytest.approx(4 * peaks[0], rel=0.05)
+
+
+def test_cpu_peak_memory_exact_with_frees_and_views() -> None:
+    n = 1024  # float32: 4n bytes per buffer
+    before = torch.zeros(n)  # exists before the step (like weights and inputs): never counted
+
+    def step() -> torch.Tensor:
+        before.add_(1)  # in place on an old storage: no new storage
+        _ = before.view(32, 32)  # a view of an old storage: none either
+        x = torch.ones(n)  # live 4n
+        v = x.view(32, 32)  # a view: no new storage
+        y = v * 2  # live 8n
+        y.add_(1)  # in place: no new storage
+        del x, v  # x's storage freed: live 4n
+        z = y.t() + 1  # t() is a view; the sum is new: live 8n
+        del y  # live 4n
+        w = z.reshape(-1)  # z is transposed: clone (live 8n) + _unsafe_view, which shares the clone's storage
+        del z  # live 4n
+        return w.sum()  # + 4 bytes
+
+    assert measure_peak_memory(step, torch.device("cpu")).peak_mb * 2**20 == 8 * n
+
+
+def test_unknown_heavy_op_is_reported() -> None:
+    # torchvision's roi_align has no formula in torch.utils.flop_counter: it must be listed, not counted as 0 silently.
+    x = torch.randn(1, 2, 8, 8)
+    boxes = torch.tensor([[0.0, 1.0, 1.0, 6.0, 6.0]])
+    fc = count_flops(lambda x: torchvision.ops.roi_align(x, boxes, 2), x, fvcore=False)
+    assert fc.unsupported == ["torch:torchvision.roi_align x1".replace(" ", "")]

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from bench.timing import summarize, time_fn
 
@@ -63,3 +64,31 @@ def test_summary_quantiles_match_numpy() -> None:
     assert s["mean"] == pytest.approx(float(np.mean(x)))
     assert s["std"] == pytest.approx(float(np.std(x, ddof=1)))
     assert s["n"] == 37
+
+
+def test_timer_runs_with_the_requested_threads() -> None:
+    seen: list[int] = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = time_fn(lambda: seen.append(torch.get_num_threads()), "cpu", threads=2, warmup_s=0.0, min_time_s=0.02)
+    finally:
+        torch.set_num_threads(old)
+    # First call and warm-up run with the caller's threads; the timed calls (the last ones) with the requested 2
+    # (torch's Timer defaults to 1 if not told).
+    assert seen[-1] == 2 and seen.count(2) >= len(t.samples_ms), (seen.count(1), seen.count(2))
+    assert "threads=2" in t.method
+
+
+def test_warmup_absorbs_a_slow_start() -> None:
+    # Calls 1-4 take 50 ms (caches, autotuning), then 2 ms. The first call is timed apart; the warm-up must run
+    # for warmup_s and swallow calls 2-4, so no sample sees a slow call.
+    calls = {"n": 0}
+
+    def fn() -> None:
+        calls["n"] += 1
+        time.sleep(0.05 if calls["n"] <= 4 else 0.002)
+
+    t = time_fn(fn, "cpu", threads=1, warmup_s=0.2, min_time_s=0.05)
+    assert t.warmup_ms >= 200.0
+    assert max(t.samples_ms) < 25.0, t.samples_ms

@@ -11,6 +11,7 @@ module, ``patch_model`` and EfficientNet-B0 with ``kernels="triton"``. Tolerance
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -604,3 +605,29 @@ def test_gpu_b0_layers_batch8(name: str, dtype: torch.dtype) -> None:
     assert _is_cl(ours[0]) == (shape["layout"] == "nhwc")
     for k, e, r in zip(ours, eager, ref):
         assert passes(error_stats(k, r), error_stats(e, r), dtype)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_gpu_launch_config_through_the_interpreter(layout: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's tiles and weight-gradient splits, run by the interpreter (as ROI Align's test does): the launchers
+    take their GPU branch for CPU tensors while ``kernels._triton`` emulates a 2-SM GPU. Planar: rows of 128
+    outputs x 8 rows, so a 17 x 130 plane is 3 x 2 tiles (a non-square tile grid: swapping the row/column tile index
+    is not a permutation of the same tiles) with partial last ones. channels_last: 64-channel blocks and 32-pixel
+    tiles, so C = 72 is 2 channel blocks (partial) over 2 pixel tiles. Forward and all gradients vs float64."""
+    monkeypatch.setattr(sys.modules["kernels._triton"], "_EMULATED_SMS", [2])
+    cpu = torch.device("cpu")
+    if layout == "nchw":
+        x = torch.randn(1, 1, 17, 130, dtype=torch.float64)
+        assert dw_kernel._planar_blocks(1, 17, 130, cpu) == (1, 8, 128)
+    else:
+        x = torch.randn(1, 72, 5, 7, dtype=torch.float64).contiguous(memory_format=CL)
+        assert dw_kernel._cl_blocks(72, 35, cpu) == (32, 64)
+    c = x.shape[1]
+    w, b = torch.randn(c, 1, 3, 3, dtype=torch.float64), torch.randn(c, dtype=torch.float64)
+    g = torch.randn(x.shape, dtype=torch.float64)
+    with poison_outputs():
+        ours = _fwd_bwd(depthwise_conv2d_triton, KernelInputs((x, w, b), {"padding": 1}, (0, 1, 2)), g)
+    ref = _fwd_bwd(_conv2d, KernelInputs((x, w, b), {"padding": 1}, (0, 1, 2)), g)
+    for name, o, r in zip(("y", "dx", "dw", "db"), ours, ref):
+        assert _rel(o, r) <= F64, name

@@ -509,3 +509,19 @@ def test_gpu_multilevel_matches_per_level_torchvision() -> None:
     feats, rois, levels = [f.cuda() for f in feats], rois.cuda(), levels.cuda()
     torch.testing.assert_close(roi_align_multilevel_triton(feats, rois, scales, levels, (3, 2), 2, False),
                                _per_level_torchvision(feats, rois, scales, levels))
+
+
+@interp
+def test_batch_index_equal_to_n_gives_zeros() -> None:
+    # b == N is the first invalid index (b < N is the bound). x is a view of the first 2 of 3 images, so a kernel
+    # that admitted b == N would read the third image's real, non-zero values rather than fault.
+    base = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    x = base[:2]
+    rois = torch.tensor([[2, 1.0, 1.0, 4.0, 4.0], [1, 1.0, 1.0, 4.0, 4.0]], dtype=torch.float64)
+    out = roi_align_triton(x, rois, 2, 1.0, 2)
+    assert not out[0].any()
+    torch.testing.assert_close(out[1:], tvo.roi_align(x, rois[1:], 2, 1.0, 2), rtol=0, atol=1e-12)
+    xg = x.clone().requires_grad_()
+    (gx,) = torch.autograd.grad(roi_align_triton(xg, rois, 2, 1.0, 2), xg, torch.ones(2, 2, 2, 2, dtype=torch.float64))
+    (gr,) = torch.autograd.grad(tvo.roi_align(xg, rois[1:], 2, 1.0, 2), xg, torch.ones(1, 2, 2, 2, dtype=torch.float64))
+    torch.testing.assert_close(gx, gr, rtol=0, atol=1e-12)

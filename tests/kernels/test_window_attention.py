@@ -10,6 +10,7 @@ dispatch, peers, formulas, and the Swin model switch. Pass rule and tolerances: 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -387,3 +388,27 @@ def test_gpu_peers_run() -> None:
     for name, peer in SPEC.peers.items():
         got = peer(*inp.args).float()
         assert error_stats(got, want).rel_fro < 2 * tolerance(torch.bfloat16).rtol_fro, name
+
+
+def test_gpu_launch_config_through_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU's windows-per-program choice through the public autograd path. Swin-T stage 1 on an H100 (64 images
+    x 64 windows, 3 heads) gets 8 windows per forward program and 16 per backward program; the small test batch
+    (2 mask ids x 10 windows) only reaches those with the program targets scaled to it (4 and 2), and then has a
+    partial last group in both directions. Output and q/k/v/bias/mask gradients against float64."""
+    assert launch_config(64 * 64, 3, 49, 32, 64, dtype=torch.bfloat16).WPB == 8
+    assert launch_config(64 * 64, 3, 49, 32, 64, min_programs=MIN_PROGRAMS_BWD, dtype=torch.bfloat16).WPB == 16
+    wa_kernel = sys.modules["kernels.window_attention.kernel"]
+    real, used = wa_kernel.launch_config, []
+
+    def scaled(B_: int, H: int, N: int, D: int, nW: int, windows_per_program: int | None = None,
+               min_programs: int = MIN_PROGRAMS_FWD, dtype: torch.dtype | None = None) -> Any:
+        cfg = real(B_, H, N, D, nW, windows_per_program, 4 if min_programs == MIN_PROGRAMS_FWD else 2, dtype)
+        used.append(cfg.WPB)
+        return cfg
+
+    monkeypatch.setattr(wa_kernel, "launch_config", scaled)
+    args = list(_inputs(20, 1, 49, 16, 2, torch.float32, seed=5))
+    args[4] = args[4].clone()  # the mask gets a gradient too
+    with poison_outputs():
+        _assert_matches(window_attention, args, torch.float32, grad_idx=(0, 1, 2, 3, 4), what="gpu launch")
+    assert used == [8, 16], used
