@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from .fmt import fmt_num
 from .io import BadInputError, read_results
 
 __all__ = ["write_report", "render_report", "NUMERIC_COLUMNS", "fmt_num"]
@@ -15,15 +16,6 @@ __all__ = ["write_report", "render_report", "NUMERIC_COLUMNS", "fmt_num"]
 NUMERIC_COLUMNS = ["batch_size", "input_size", "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean",
                    "latency_ms_std", "n_samples", "compile_ms", "throughput_per_s", "gflops", "gmacs", "tflops_per_s",
                    "params", "peak_mem_mb"]
-
-
-def fmt_num(v: Any, spec: str) -> str:
-    """``v`` formatted with ``spec``; "—" for a missing, NaN or non-numeric cell (a failed config, never a 0)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if f != f else format(f, spec)
 
 
 def _env_summary(env: dict[str, Any]) -> str:
