@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input-size", type=int, help="square input side instead of each model's default")
     r.add_argument("--out", help="output directory (default results/<timestamp>-<suite>)")
     r.add_argument("--resume", action="store_true", help="skip configs already in OUT/results.csv")
+    r.add_argument("--repeats", type=int, default=1, metavar="K",
+                   help="K independent repetitions per config (fresh build; with --isolate a fresh process), "
+                        "round-robin over the configs; compare then tests at the level of runs (1)")
     r.add_argument("--isolate", action="store_true", default=None, help="one fresh worker process per config")
     r.add_argument("--timeout-s", type=float, help="per-config time limit (status 'timeout')")
     r.add_argument("--min-time-s", type=float)
@@ -147,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs, suite, suite_name = _resolve_run(args)
     if args.threads is not None and args.threads <= 0:
         raise BadInputError(f"--threads must be positive, got {args.threads}")
+    if args.repeats < 1:
+        raise BadInputError(f"--repeats must be a positive integer, got {args.repeats}")
     shard = getattr(args, "shard", None)
     sweep_configs = configs  # the whole sweep, recorded in sweep.json even when this run is one shard of it
     if shard is not None:  # an empty --shard '' is a bad spec, not "no shard"
@@ -172,10 +177,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         rows = run_on_ray(configs, out, opts, address=ray_address, resume=args.resume, argv=sys.argv,
                           progress=not args.no_progress, cpus_per_task=getattr(args, "ray_cpus_per_task", 1),
-                          sweep_configs=sweep_configs, shard=shard)
+                          sweep_configs=sweep_configs, shard=shard, repeats=args.repeats)
     else:
         rows = run_sweep(configs, out, opts, isolate=isolate, resume=args.resume, progress=not args.no_progress,
-                         argv=sys.argv, sweep_configs=sweep_configs, shard=shard)
+                         argv=sys.argv, sweep_configs=sweep_configs, shard=shard, repeats=args.repeats)
     report = write_report(out)
     console.print(summary_table(rows))
     console.print(f"wrote {out / 'results.csv'}, {report}, {out / 'env.json'}")
