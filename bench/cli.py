@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_compare_args = None
     if add_compare_args is not None:
         add_compare_args(sub.add_parser("compare", help="noise-aware comparison of two runs"))
+    from .ab import add_arguments as add_ab_args
+
+    add_ab_args(sub.add_parser("ab", help="A/B two git revisions on this machine: worktrees, ABBA runs, compare"))
     try:
         from .merge import add_arguments as add_merge_args
     except ImportError:
@@ -236,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             from .compare import main as compare_main
 
             return compare_main(args)
+        if args.command == "ab":
+            from .ab import main as ab_main
+
+            return ab_main(args)
         if args.command == "merge":
             from .merge import main as merge_main
 

@@ -66,8 +66,9 @@ def test_fast_bootstrap_medians_match_explicit_resampling() -> None:
 
 
 def test_mann_whitney_known_values() -> None:
-    # Complete separation of 5 vs 5: exact two-sided p = 2/252 = 0.0079; the corrected normal approximation is 0.0122.
-    assert mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(0.01219, abs=1e-4)
+    # Complete separation of 5 vs 5: scipy's exact test (small samples, no ties) gives two-sided p = 2/252 = 0.0079.
+    assert mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252, rel=1e-9)
+    assert 0.005 < mann_whitney_p([1, 2, 3, 4, 5, 5], [5, 6, 7, 8, 9, 10]) < 0.02  # one tie across the groups
     assert mann_whitney_p([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
     assert mann_whitney_p([2, 2, 2], [2, 2, 2]) == 1.0
 
