@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,10 @@ def _check_run_args(run_args: list[str]) -> list[str]:
     return args
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_ab(base_ref: str, head_ref: str, run_args: list[str], out: Path, *, repeats: int = 3,
            base_env: dict[str, str] | None = None, head_env: dict[str, str] | None = None,
            keep_worktrees: bool = False, repo: Path | None = None, log: Any = print) -> dict[str, Any]:
@@ -103,6 +108,7 @@ def run_ab(base_ref: str, head_ref: str, run_args: list[str], out: Path, *, repe
     doc: dict[str, Any] = {"base_ref": base_ref, "head_ref": head_ref, "base_sha": shas["base"],
                            "head_sha": shas["head"], "repeats": repeats, "run_args": run_args,
                            "base_env": envs["base"], "head_env": envs["head"], "runs": []}
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # a cancelled CI job: still remove the worktrees
     try:
         for side, tree in trees.items():
             _git(repo, "worktree", "add", "--detach", "--quiet", str(tree), shas[side])
@@ -118,6 +124,8 @@ def run_ab(base_ref: str, head_ref: str, run_args: list[str], out: Path, *, repe
             res = subprocess.run(cmd, cwd=trees[side], env=env)
             doc["runs"].append({"round": rnd, "side": side, "exit": res.returncode,
                                 "wall_s": round(time.monotonic() - start, 2)})
+            if res.returncode in (130, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL):
+                raise KeyboardInterrupt(f"the {side} run was interrupted")
             if res.returncode == 2:
                 raise BadInputError(f"`bench run` refused its arguments on {side} (exit 2): {shlex.join(run_args)}")
             got = json.loads((out / side / "env.json").read_text()).get("git_sha")
@@ -126,6 +134,7 @@ def run_ab(base_ref: str, head_ref: str, run_args: list[str], out: Path, *, repe
                                     "another checkout of visionbench shadows the worktree on sys.path")
         doc["wall_s"] = round(time.monotonic() - t0, 2)
     finally:
+        signal.signal(signal.SIGTERM, old_term)
         if not keep_worktrees:
             for tree in trees.values():
                 subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(tree)],

@@ -10,6 +10,7 @@ import pandas as pd
 
 from .fmt import fmt_num
 from .io import BadInputError, read_results
+from .repeats import aggregate_reps
 
 __all__ = ["write_report", "render_report", "NUMERIC_COLUMNS", "fmt_num"]
 
@@ -35,6 +36,7 @@ def _env_summary(env: dict[str, Any]) -> str:
 
 
 def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sections: list[str] | None = None) -> str:
+    df = aggregate_reps(df)  # run --repeats: one line per config, medians over its repetitions (per-rep rows: CSV)
     out = ["# visionbench report", "", _env_summary(env or {}), _conventions() if len(df) else "", ""]
     group_cols = ["model"] + (["device_name"] if "device_name" in df and df["device_name"].nunique() > 1 else [])
     for keys, g in df.groupby(group_cols, sort=True):
@@ -57,6 +59,8 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
             lat = (f"{fmt_num(r['latency_ms_p50'], '.2f')} [{fmt_num(r['latency_ms_p20'], '.2f')}–"
                    f"{fmt_num(r['latency_ms_p80'], '.2f')}]") if ok else "—"
             noisy = " (noisy)" if str(r.get("noisy")).lower() == "true" else ""
+            if ok and (r.get("reps") or 1) > 1:  # the spread of the repetitions' medians: the drift between runs
+                noisy += f" · {int(r['reps'])} runs, spread {fmt_num(100 * r['rep_spread'], '.1f')}%"
             backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
             status = r.get("status") if ok else f"**{r.get('status')}**: {str(r.get('error') or '')[:80]}"
             out.append(f"| {r['mode']} | {r['device']} | {r['dtype']} | {backend} | {int(r['batch_size'])} "
@@ -71,6 +75,8 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
 
 def _conventions() -> str:
     return ("Latency: median of n samples after warm-up (first call and compile excluded), p20–p80 in brackets; "
+            "with `run --repeats K` each quantile is the median over the K runs (every run's row is in results.csv) "
+            "and the spread is max/min − 1 of the runs' medians; "
             "throughput = batch / median. FLOPs: `torch.utils.flop_counter`, a multiply-add = 2 FLOPs, per sample, "
             "forward for infer and forward+backward for train. bf16/fp16 run under autocast; tf32 = fp32 with TF32 "
             "matmuls. Peak memory: CUDA `max_memory_allocated` of one step; CPU: bytes of tensors created by the step "
