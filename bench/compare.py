@@ -3,20 +3,27 @@
 BASE and NEW are run directories (``results.csv`` + ``samples.jsonl`` + ``env.json``, and/or the kernel bench's
 ``kernels.csv`` / ``kernels_check.csv``) or single CSV files. Rows are matched by their config key
 (:data:`bench.config.KEY_FIELDS`; kernels: :data:`KERNEL_KEY`; numerics: :data:`CHECK_KEY`); ``--match-ignore``
-drops fields from the key (e.g. ``backend`` to compare an eager run with a compile run). Per matched config:
+drops fields from the key (e.g. ``backend`` to compare an eager run with a compile run). A config measured in several
+repetitions (``run --repeats``, ``bench ab``) is one matched config with several runs. Per matched config:
 
-* ``ratio`` = median(NEW) / median(BASE) latency (> 1: NEW is slower) with a bootstrap interval from the stored raw
-  samples and a Mann–Whitney test (:mod:`bench.stats`). *Significant* = the interval excludes 1 and the test's p,
-  adjusted by Benjamini–Hochberg over every config compared with samples (``q``; ``--no-fdr``: raw p), < 1 − confidence.
-  Without stored samples (a bare CSV) the fallback is: significant when the p20–p80 ranges do not overlap.
-* verdict ``slower`` / ``faster`` = significant and ``|ratio − 1| >= --threshold``; otherwise ``unchanged``.
+* ``ratio`` = median(NEW) / median(BASE) latency (> 1: NEW is slower) with an interval and a test
+  (:mod:`bench.compare_stats`): with >= 2 runs per side, run-level (hierarchical bootstrap over runs then samples,
+  Welch's t on the log per-run medians); with one run per side, the per-sample bootstrap and Mann–Whitney test, which
+  cannot see drift between runs (said in the report; CPU configs under 1 ms then need ``--single-run-threshold``).
+  *Significant* = the interval excludes 1 and the p-value, adjusted by Benjamini–Hochberg over every config compared
+  with samples (``q``; ``--no-fdr``: raw p), < 1 − confidence. Without stored samples (a bare CSV) the fallback is:
+  significant when the p20–p80 ranges do not overlap.
+* verdict ``slower`` / ``faster`` = significant and ``|ratio − 1| >= --threshold`` (and, run-level, > the between-run
+  spread); otherwise ``unchanged``.
 * status changes (ok → oom/error/timeout/crashed/unsupported is a regression), FLOP changes, peak-memory changes of at
   least ``--mem-threshold`` (growth is a regression), numerics pass → fail/error (a regression).
-* an environment diff (device, versions, threads, ...) with a warning when they differ.
+* an environment diff (device, versions, threads, CPU ISA, ...) with a warning when they differ, and a warning when
+  the recorded machine state differs (CPU ISA, CPU/GPU clocks, GPU throttle reasons, load: :mod:`bench.machine_state`).
 
-Bad input (missing path, missing columns, duplicate keys, torn last line, text in numeric cells, broken samples file)
-raises :class:`bench.io.BadInputError` naming the file and line; the CLI prints it and exits 2. ``--fail-on-regression``
-exits 1 when any config regressed.
+Reading and matching: :mod:`bench.compare_match`; statistics: :mod:`bench.compare_stats`; rendering:
+:mod:`bench.compare_render`. Bad input (missing path, missing columns, duplicate keys, torn last line, text in
+numeric cells, broken samples file) raises :class:`bench.io.BadInputError` naming the file and line; the CLI prints it
+and exits 2. ``--fail-on-regression`` exits 1 when any config regressed.
 """
 
 from __future__ import annotations
