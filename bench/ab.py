@@ -107,7 +107,8 @@ def run_ab(base_ref: str, head_ref: str, run_args: list[str], out: Path, *, repe
     envs = {"base": base_env or {}, "head": head_env or {}}
     doc: dict[str, Any] = {"base_ref": base_ref, "head_ref": head_ref, "base_sha": shas["base"],
                            "head_sha": shas["head"], "repeats": repeats, "run_args": run_args,
-                           "base_env": envs["base"], "head_env": envs["head"], "runs": []}
+                           "base_env": envs["base"], "head_env": envs["head"],
+                           "worktrees": {side: str(t) for side, t in trees.items()}, "runs": []}
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)  # a cancelled CI job: still remove the worktrees
     try:
         for side, tree in trees.items():

@@ -16,9 +16,13 @@ if TYPE_CHECKING:
 __all__ = ["render_markdown", "render_csv", "render_json", "summary_line"]
 
 
+# Notes that describe how a config was measured or judged, not a change: they do not make a row notable.
+_CONTEXT_NOTES = ("(no samples", "medians only", "noisy", "between-run spread", "one run per side")
+
+
 def _is_notable(r: dict[str, Any]) -> bool:
-    return r["verdict"] != "unchanged" or r["regression"] or bool([n for n in r["notes"] if "(no samples" not in n
-                                                                    and "medians only" not in n and "noisy" not in n])
+    changes = [n for n in r["notes"] if not any(c in n for c in _CONTEXT_NOTES)]
+    return r["verdict"] != "unchanged" or r["regression"] or bool(changes) or bool(r.get("within_spread"))
 
 
 def _num(v: Any, spec: str = ".3g") -> str:
