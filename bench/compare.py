@@ -217,6 +217,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
     p.add_argument("--match-ignore", nargs="+", default=[], metavar="FIELD",
                    help="key fields to ignore when matching, e.g. backend (eager run vs compile run)")
+    p.add_argument("--pool-runs", action="store_true",
+                   help="treat a config's repetitions as one run (per-sample statistics, drift not covered): the "
+                        "comparison without run-level statistics, e.g. to measure what they change")
     p.add_argument("--format", choices=["md", "csv", "json"], default="md")
     p.add_argument("--out", help="write the report here instead of stdout")
     p.add_argument("--no-fdr", dest="fdr", action="store_false",
@@ -236,7 +239,7 @@ def main(args: argparse.Namespace) -> int:
         raise BadInputError(f"--resamples must be at least 100, got {args.resamples}")
     opts = Options(args.threshold, args.mem_threshold, args.confidence, args.resamples, args.seed,
                    tuple(args.match_ignore), getattr(args, "fdr", True),
-                   getattr(args, "single_run_threshold", SINGLE_RUN_THRESHOLD))
+                   getattr(args, "single_run_threshold", SINGLE_RUN_THRESHOLD), getattr(args, "pool_runs", False))
     base, new = load_run(args.base), load_run(args.new)
     c = compare_runs(base, new, opts)
     text = {"md": render_markdown, "csv": render_csv, "json": render_json}[args.format](c)

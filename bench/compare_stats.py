@@ -43,6 +43,7 @@ class Options:
     match_ignore: tuple[str, ...] = ()
     fdr: bool = True  # Benjamini–Hochberg over the configs tested with samples
     single_run_threshold: float = SINGLE_RUN_THRESHOLD
+    pool_runs: bool = False  # treat a config's repetitions as one run (per-sample statistics; for A/A studies)
 
 
 def to_float(v: Any) -> float | None:
@@ -66,7 +67,7 @@ def latency(kind: _Kind, b: dict[str, Any], n: dict[str, Any], bt: Table, nt: Ta
     """Ratio, interval, p-value, significance, the method used and the threshold that applies, for two ok rows."""
     bp, np50 = float(b[kind.p50]), float(n[kind.p50])
     br, nr = _runs(bt.rep_samples.get(bkey)), _runs(nt.rep_samples.get(nkey))
-    if len(br) >= 2 and len(nr) >= 2:
+    if len(br) >= 2 and len(nr) >= 2 and not opts.pool_runs:
         est = compare_repeated(br, nr, n_boot=opts.resamples, confidence=opts.confidence, seed=seed)
         return {"ratio": est.ratio, "ci_low": est.ci_low, "ci_high": est.ci_high, "p_value": est.p_value,
                 "significant": est.significant, "n_base": est.n_base, "n_new": est.n_new, "method": RUN_LEVEL,
@@ -76,7 +77,7 @@ def latency(kind: _Kind, b: dict[str, Any], n: dict[str, Any], bt: Table, nt: Ta
     bs, ns = bt.samples.get(bkey), nt.samples.get(nkey)
     threshold = opts.threshold
     unit_ms = 1e-3 if kind.unit == "µs" else 1.0
-    if str(b.get("device") or "") == "cpu" and bp * unit_ms < 1.0:
+    if str(b.get("device") or "") == "cpu" and bp * unit_ms < 1.0 and len(br) < 2:
         threshold = max(threshold, opts.single_run_threshold)  # drift between runs is not in the interval
     if bs is not None and ns is not None and len(bs) >= MIN_SAMPLES and len(ns) >= MIN_SAMPLES:
         est = compare_samples(bs, ns, n_boot=opts.resamples, confidence=opts.confidence, seed=seed)
