@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input-size", type=int, help="square input side instead of each model's default")
     r.add_argument("--out", help="output directory (default results/<timestamp>-<suite>)")
     r.add_argument("--resume", action="store_true", help="skip configs already in OUT/results.csv")
+    r.add_argument("--repeats", type=int, default=1, metavar="K",
+                   help="K independent repetitions per config (fresh build; with --isolate a fresh process), "
+                        "round-robin over the configs; compare then tests at the level of runs (1)")
     r.add_argument("--isolate", action="store_true", default=None, help="one fresh worker process per config")
     r.add_argument("--timeout-s", type=float, help="per-config time limit (status 'timeout')")
     r.add_argument("--budget-s", type=float,
@@ -96,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_compare_args = None
     if add_compare_args is not None:
         add_compare_args(sub.add_parser("compare", help="noise-aware comparison of two runs"))
+    from .ab import add_arguments as add_ab_args
+
+    add_ab_args(sub.add_parser("ab", help="A/B two git revisions on this machine: worktrees, ABBA runs, compare"))
     try:
         from .merge import add_arguments as add_merge_args
     except ImportError:
@@ -158,6 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs, suite, suite_name = _resolve_run(args)
     if args.threads is not None and args.threads <= 0:
         raise BadInputError(f"--threads must be positive, got {args.threads}")
+    if args.repeats < 1:
+        raise BadInputError(f"--repeats must be a positive integer, got {args.repeats}")
     budget_s = args.budget_s if args.budget_s is not None else float(suite.get("budget_s", 0))
     max_config_s = args.max_config_s if args.max_config_s is not None else float(suite.get("max_config_s", 0))
     for flag, v in (("--budget-s", budget_s), ("--max-config-s", max_config_s)):
@@ -196,10 +204,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         rows = run_on_ray(configs, out, opts, address=ray_address, resume=args.resume, argv=sys.argv,
                           progress=not args.no_progress, cpus_per_task=getattr(args, "ray_cpus_per_task", 1),
-                          sweep_configs=sweep_configs, shard=shard)
+                          sweep_configs=sweep_configs, shard=shard, repeats=args.repeats)
     else:
         rows = run_sweep(configs, out, opts, isolate=isolate, resume=args.resume, progress=not args.no_progress,
-                         argv=sys.argv, sweep_configs=sweep_configs, shard=shard, budget_s=budget_s)
+                         argv=sys.argv, sweep_configs=sweep_configs, shard=shard, budget_s=budget_s,
+                         repeats=args.repeats)
     report = write_report(out)
     console.print(summary_table(rows))
     console.print(f"wrote {out / 'results.csv'}, {report}, {out / 'env.json'}")
@@ -259,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             from .compare import main as compare_main
 
             return compare_main(args)
+        if args.command == "ab":
+            from .ab import main as ab_main
+
+            return ab_main(args)
         if args.command == "merge":
             from .merge import main as merge_main
 

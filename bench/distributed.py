@@ -170,6 +170,7 @@ class _Attempt:
     index: int  # position in the run's todo list
     number: int  # 1, or 2 for the resubmission after a worker death
     history: list[str]  # what happened to earlier attempts, for the row's error column
+    rep: int = 0  # repetition id (run --repeats)
 
     @property
     def attempt_id(self) -> str:
@@ -277,9 +278,11 @@ def _other_node(avoid: str | None, gpu: bool, cpus: int) -> Any:
 
 def run_on_ray(configs: Sequence[Config], out: str | Path, opts: RunOptions, *, address: str, resume: bool = False,
                argv: list[str] | None = None, progress: bool = True, cpus_per_task: int = 1,
-               sweep_configs: Sequence[Config] | None = None, shard: str | None = None) -> list[dict[str, Any]]:
-    """Measure ``configs`` as Ray tasks on the cluster at ``address``; rows land in ``OUT/results.csv`` as they
-    finish (plus ``samples.jsonl``, ``env.json`` with a ``ray`` section, ``sweep.json``). Returns the new rows.
+               sweep_configs: Sequence[Config] | None = None, shard: str | None = None,
+               repeats: int = 1) -> list[dict[str, Any]]:
+    """Measure ``configs`` (each ``repeats`` times, one task per repetition) as Ray tasks on the cluster at
+    ``address``; rows land in ``OUT/results.csv`` as they finish (plus ``samples.jsonl``, ``env.json`` with a ``ray``
+    section, ``sweep.json``). Returns the new rows.
 
     Args:
         address: ``host:port``, ``ray://host:port``, ``auto`` or ``local`` (see ``ray.init``); ignored when this
@@ -322,7 +325,7 @@ def run_on_ray(configs: Sequence[Config], out: str | Path, opts: RunOptions, *, 
         if resume:
             _ensure_columns(out / "results.csv", RAY_COLUMNS)
         env, todo, writer = open_run_dir(configs, out, resume=resume, argv=argv, sweep_configs=sweep_configs,
-                                         shard=shard, columns=[*RESULT_COLUMNS, *RAY_COLUMNS])
+                                         shard=shard, columns=[*RESULT_COLUMNS, *RAY_COLUMNS], repeats=repeats)
         env["ray"] = {"address": address, "cpus_per_task": cpus_per_task, "plugins": plugins,
                       "nodes": [{"node": n["NodeID"], "host": n.get("NodeManagerHostname"),
                                  "ip": n.get("NodeManagerAddress"),
@@ -343,9 +346,10 @@ def run_on_ray(configs: Sequence[Config], out: str | Path, opts: RunOptions, *, 
             near = "DEFAULT"
         tracker = ray.remote(num_cpus=0, max_restarts=0)(_Tracker).options(scheduling_strategy=near).remote()
 
-        def submit(cfg: Config, number: int, index: int, history: list[str], avoid: str | None = None) -> None:
+        def submit(cfg: Config, number: int, index: int, history: list[str], avoid: str | None = None,
+                   rep: int = 0) -> None:
             gpu = cfg.device == "cuda"
-            attempt = _Attempt(cfg, index, number, history)
+            attempt = _Attempt(cfg, index, number, history, rep)
             fn = gpu_task if gpu else cpu_task
             cpus = 1 if gpu else cpus_per_task  # a GPU config needs one CPU to feed its GPU
             ref = fn.options(
@@ -374,15 +378,15 @@ def run_on_ray(configs: Sequence[Config], out: str | Path, opts: RunOptions, *, 
         rows: list[dict[str, Any]] = []
         timed_out: set[str] = set()
         limit = opts.timeout_s + _TIMEOUT_GRACE_S if opts.timeout_s > 0 else None
-        with SweepProgress(len(todo), enabled=progress, skipped=len(configs) - len(todo)) as bar:
-            for i, cfg in enumerate(todo):
+        with SweepProgress(len(todo), enabled=progress, skipped=len(configs) * repeats - len(todo)) as bar:
+            for i, (cfg, rep) in enumerate(todo):
                 if cfg.device == "cuda" and not has_gpu:
                     row = failed_row(cfg, None, "unsupported", "no GPU in the Ray cluster", 0)
-                    record_row(out, writer, cfg, row, [])
+                    record_row(out, writer, cfg, row, [], rep=rep)
                     rows.append(row)
                     bar.advance(row)
                 else:
-                    submit(cfg, 1, i, [])
+                    submit(cfg, 1, i, [], rep=rep)
             bar.start(f"ray: {len(pending)} submitted")
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
@@ -428,7 +432,7 @@ def run_on_ray(configs: Sequence[Config], out: str | Path, opts: RunOptions, *, 
                                          attempt.number)
                     elif _is_worker_death(e) and attempt.number == 1:
                         history = [f"attempt 1: {type(e).__name__}{where}"]
-                        submit(cfg, 2, attempt.index, history, avoid=node)
+                        submit(cfg, 2, attempt.index, history, avoid=node, rep=attempt.rep)
                         bar.start(f"ray: {len(pending)} running · retrying {cfg.label()}")
                         continue
                     else:
@@ -436,7 +440,7 @@ def run_on_ray(configs: Sequence[Config], out: str | Path, opts: RunOptions, *, 
                         what = type(e).__name__ if death else _first_line(e)
                         row = failed_row(cfg, node, "crashed" if death else "error", "; ".join(
                             [*attempt.history, f"attempt {attempt.number}: {what}{where}"]), attempt.number)
-                record_row(out, writer, cfg, row, samples)
+                record_row(out, writer, cfg, row, samples, rep=attempt.rep)
                 rows.append(row)
                 bar.start(f"ray: {len(pending)} running · done {cfg.label()}")
                 bar.advance(row)

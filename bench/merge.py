@@ -4,7 +4,7 @@ Refused (exit 2, one line): a directory that is not a run (no ``sweep.json`` / `
 definitions differ (the full config list each shard recorded), shards or rows measured by different code versions
 (git sha, dirty flag included), rows of configs outside the sweep, and an ``OUT`` that already holds results.
 
-Written to ``OUT``: ``results.csv`` (one row per config, in sweep order; columns = union of the inputs'),
+Written to ``OUT``: ``results.csv`` (one row per config and repetition, in sweep order; columns = union of the inputs'),
 ``samples.jsonl`` (the raw samples of the rows kept), ``env-<i>.json`` (each input's ``env.json``, ``i`` = position on
 the command line), ``env.json`` (the first input's environment plus every host and GPU seen and ``merged_from``),
 ``sweep.json`` (the sweep, so ``run ... --resume --out OUT`` can fill gaps) and ``report.md``.
@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import KEY_FIELDS, Config, key_of_row
 from .io import BadInputError, RowWriter, append_jsonl, read_jsonl, read_results
+from .repeats import rep_of
 from .runner import RESULT_COLUMNS
 
 __all__ = ["add_arguments", "main", "merge_runs", "MergeResult"]
@@ -134,6 +135,19 @@ def _label(key: Key) -> str:
     return Config.from_dict(dict(zip(KEY_FIELDS, key))).label()
 
 
+def _unit_label(unit: tuple[Key, int], repeats: int) -> str:
+    return _label(unit[0]) + (f" rep {unit[1] + 1}/{repeats}" if repeats > 1 else "")
+
+
+def _check_same_repeats(runs: Sequence[_Run]) -> int:
+    """The one ``--repeats`` of every input's sweep (1 for sweep.json files written before it existed)."""
+    counts = {int(r.sweep.get("repeats") or 1) for r in runs}
+    if len(counts) > 1:
+        raise BadInputError(f"the inputs were run with different --repeats ({sorted(counts)}); only shards of one "
+                            "sweep can be merged")
+    return counts.pop()
+
+
 def merge_runs(dirs: Sequence[str | Path], out: str | Path, argv: list[str] | None = None) -> MergeResult:
     """Merge run directories ``dirs`` into the new directory ``out``; raises :class:`BadInputError` when refused."""
     out = Path(out)
@@ -153,8 +167,10 @@ def merge_runs(dirs: Sequence[str | Path], out: str | Path, argv: list[str] | No
     if version.endswith("-dirty"):
         warnings.append(f"code version {version} has uncommitted changes: the shards' code cannot be proven equal")
 
-    kept: dict[Key, tuple[int, dict[str, Any]]] = {}
-    seen_in: dict[Key, list[str]] = {}
+    repeats = _check_same_repeats(runs)
+    # A unit is one config's repetition: (config key, rep); a run without --repeats has rep 0 only.
+    kept: dict[tuple[Key, int], tuple[int, dict[str, Any]]] = {}
+    seen_in: dict[tuple[Key, int], list[str]] = {}
     for i, run in enumerate(runs):
         for row in run.rows:
             try:
@@ -164,30 +180,32 @@ def merge_runs(dirs: Sequence[str | Path], out: str | Path, argv: list[str] | No
             if key not in order:
                 raise BadInputError(f"{run.path}: results.csv has a row outside its sweep ({_label(key)}); "
                                     "was the directory resumed with another command?")
-            seen_in.setdefault(key, []).append(str(run.path))
-            if key not in kept or (kept[key][1].get("status") != "ok" and row.get("status") == "ok"):
-                kept[key] = (i, row)
-    duplicates = {_label(k): v for k, v in seen_in.items() if len(v) > 1}
-    gaps = [c.label() for c in sweep_configs if c.key() not in kept]
+            unit = (key, rep_of(row))
+            seen_in.setdefault(unit, []).append(str(run.path))
+            if unit not in kept or (kept[unit][1].get("status") != "ok" and row.get("status") == "ok"):
+                kept[unit] = (i, row)
+    duplicates = {_unit_label(u, repeats): v for u, v in seen_in.items() if len(v) > 1}
+    gaps = [_unit_label((c.key(), r), repeats) for r in range(repeats) for c in sweep_configs
+            if (c.key(), r) not in kept]
 
     columns = [c for c in RESULT_COLUMNS if any(c in r.columns for r in runs)]
     for run in runs:
         columns += [c for c in run.columns if c not in columns]
     out.mkdir(parents=True, exist_ok=True)
     writer = RowWriter(out / "results.csv", columns)
-    for key in sorted(kept, key=order.__getitem__):
-        writer.append(kept[key][1])
+    for unit in sorted(kept, key=lambda u: (order[u[0]], u[1])):
+        writer.append(kept[unit][1])
     for i, run in enumerate(runs):  # the raw samples of the rows kept, from the directory each row came from
         for rec in read_jsonl(run.path / "samples.jsonl"):
-            key = tuple(str(x) for x in rec.get("key", ()))
-            if key in kept and kept[key][0] == i:
+            unit = (tuple(str(x) for x in rec.get("key", ())), rep_of(rec))
+            if unit in kept and kept[unit][0] == i:
                 append_jsonl(out / "samples.jsonl", rec)
     _write_envs(runs, out, argv)
     merged_from = [{"dir": str(r.path), "env": f"env-{i}.json", "shard": r.sweep.get("shard"), "rows": len(r.rows)}
                    for i, r in enumerate(runs)]
     sha, dirty = (version[: -len("-dirty")], True) if version.endswith("-dirty") else (version, False)
     sweep = {"configs": [c.as_dict() for c in sweep_configs], "git_sha": sha, "git_dirty": dirty, "shard": None,
-             "merged_from": merged_from, "pid": os.getpid()}
+             "repeats": repeats, "merged_from": merged_from, "pid": os.getpid()}
     (out / "sweep.json").write_text(json.dumps(sweep) + "\n")
     from .report import write_report
 

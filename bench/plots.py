@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from .io import BadInputError, read_jsonl, read_results
+from .repeats import aggregate_reps
 
 __all__ = ["plots_section", "plot_throughput", "plot_latency", "plot_roofline", "roofline_ceiling"]
 
@@ -232,7 +233,8 @@ def plots_section(run_dir: str | Path) -> str | None:
                           strict=False)
         if len(df):
             out.mkdir(exist_ok=True)
-            thr = _attempt("throughput", lambda: plot_throughput(df, out), failures)
+            agg = aggregate_reps(df)  # run --repeats: one point per config, the median over its runs
+            thr = _attempt("throughput", lambda: plot_throughput(agg, out), failures)
     if (d / "samples.jsonl").is_file():
         out.mkdir(exist_ok=True)
         lat = _attempt("latency", lambda: plot_latency(read_jsonl(d / "samples.jsonl"), out), failures)

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .report import fmt_num
+from .fmt import fmt_num
 
 __all__ = ["SweepProgress", "summary_table", "console"]
 

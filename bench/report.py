@@ -8,22 +8,15 @@ from typing import Any
 
 import pandas as pd
 
+from .fmt import fmt_num
 from .io import BadInputError, read_results
+from .repeats import aggregate_reps
 
 __all__ = ["write_report", "render_report", "NUMERIC_COLUMNS", "fmt_num"]
 
 NUMERIC_COLUMNS = ["batch_size", "input_size", "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean",
                    "latency_ms_std", "n_samples", "compile_ms", "throughput_per_s", "gflops", "gmacs", "tflops_per_s",
                    "params", "peak_mem_mb"]
-
-
-def fmt_num(v: Any, spec: str) -> str:
-    """``v`` formatted with ``spec``; "—" for a missing, NaN or non-numeric cell (a failed config, never a 0)."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if f != f else format(f, spec)
 
 
 def _yes_no(v: Any) -> str:
@@ -51,6 +44,7 @@ def _env_summary(env: dict[str, Any]) -> str:
 
 
 def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sections: list[str] | None = None) -> str:
+    df = aggregate_reps(df)  # run --repeats: one line per config, medians over its repetitions (per-rep rows: CSV)
     out = ["# visionbench report", "", _env_summary(env or {}), _conventions() if len(df) else "", ""]
     group_cols = ["model"] + (["device_name"] if "device_name" in df and df["device_name"].nunique() > 1 else [])
     for keys, g in df.groupby(group_cols, sort=True):
@@ -75,6 +69,8 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
                    f"{fmt_num(r['latency_ms_p80'], '.2f')}]") if timed else "—"
             noisy = " (noisy)" if str(r.get("noisy")).lower() == "true" else ""
             reduced = " (reduced)" if str(r.get("reduced_samples")).lower() == "true" else ""
+            if ok and (r.get("reps") or 1) > 1:  # the spread of the repetitions' medians: the drift between runs
+                noisy += f" · {int(r['reps'])} runs, spread {fmt_num(100 * r['rep_spread'], '.1f')}%"
             backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
             # An unsupported row's reason (e.g. the bf16 fallback probe) is the finding: keep it whole.
             width = 400 if r.get("status") == "unsupported" else 80
@@ -92,6 +88,8 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
 
 def _conventions() -> str:
     return ("Latency: median of n samples after warm-up (first call and compile excluded), p20–p80 in brackets; "
+            "with `run --repeats K` each quantile is the median over the K runs (every run's row is in results.csv) "
+            "and the spread is max/min − 1 of the runs' medians; "
             "throughput = batch / median. FLOPs: `torch.utils.flop_counter`, a multiply-add = 2 FLOPs, per sample, "
             "forward for infer and forward+backward for train. bf16/fp16 run under autocast, bf16-pure/fp16-pure "
             "with the model and inputs cast; tf32 = fp32 with TF32 matmuls. (reduced): fewer samples, to fit "

@@ -21,6 +21,7 @@ import torch
 from . import accuracy
 from .config import DTYPES, LOWP, Config
 from .flops import count_step_flops
+from .machine_state import MACHINE_COLUMNS, snapshot
 from .memory import measure_peak_memory
 from .timing import OverConfigBudget, time_fn
 
@@ -30,13 +31,14 @@ STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "crashed", "inaccura
 
 RESULT_COLUMNS = [
     "model", "backend", "mode", "device", "dtype", "batch_size", "channels_last", "kernels", "input_size",
+    "rep",  # repetition id (run --repeats): a row per config and repetition, the config key unchanged
     "status", "error",
     "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean", "latency_ms_std", "n_samples",
     "inner_loops", "noisy", "compile_ms", "warmup_ms", "throughput_per_s",
     "gflops", "gmacs", "tflops_per_s", "params", "peak_mem_mb", "reserved_mem_mb", "mem_method",
     "flops_counter_warnings", "precision_note", "kernel_path", "kernels_switched", "timer",
     "device_name", "host", "torch_version", "triton_version", "torchvision_version", "cuda_version", "threads",
-    "git_sha", "timestamp", "cpu_isa", "reduced_samples", *accuracy.ACCURACY_COLUMNS,
+    "git_sha", "timestamp", "cpu_isa", "reduced_samples", *accuracy.ACCURACY_COLUMNS, *MACHINE_COLUMNS,
 ]
 
 
@@ -302,6 +304,7 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             t = time_fn(step, device, threads=torch.get_num_threads(), warmup_s=opts.warmup_s,
                         min_time_s=opts.min_time_s, min_samples=opts.min_samples, max_s=opts.max_config_s)
             samples = t.samples_ms
+            row.update(snapshot(cfg.device))  # clocks, load, ISA as the samples saw them (drift between runs)
             if cfg.backend == "compile" and _compiled_graphs() == facts["_graphs_before"]:
                 raise CompileFellBack("torch.compile compiled no graph for this config (dynamo ran the model "
                                       "eagerly); the timing would be eager's")

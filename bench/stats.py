@@ -1,20 +1,33 @@
-"""Two-sample statistics for ``bench compare``: a bootstrap CI of the ratio of medians and a Mann–Whitney U test.
+"""Two-sample statistics for ``bench compare``: a bootstrap CI of the ratio of medians and a test of "no change".
 
-Both are numpy-only and vectorized. The comparison calls a change *significant* when both agree (the bootstrap
-interval excludes 1 and the rank test rejects equal distributions): the bootstrap answers "how big", the rank test
-"is there a shift at all" without the percentile bootstrap's known under-coverage at small sample counts.
+One run per side (:func:`compare_samples`): percentile bootstrap of median(new)/median(base) and a Mann–Whitney U
+test on the samples. *Significant* = both agree (the interval excludes 1 and the rank test rejects): the bootstrap
+answers "how big", the rank test "is there a shift at all". The samples of one process share its clocks, allocator
+state and neighbours, so this interval covers the noise *within* a run only, never the drift between runs.
+
+Several runs (repetitions) per side (:func:`compare_repeated`): the unit of replication is the run. The interval is
+a hierarchical bootstrap (runs drawn with replacement, then each drawn run's median from its own samples) of the
+ratio of medians of per-run medians; the test is Welch's t-test on the log per-run medians; and ``spread`` (the
+largest relative range of per-run medians on either side) is reported so that a verdict can require the effect to
+exceed the between-run scatter.
+
+scipy does the tests (``mannwhitneyu``, ``ttest_ind``) and the FDR adjustment (``false_discovery_control``). The
+bootstrap of a median stays hand-written (:func:`_boot_medians`, exact in distribution): ``scipy.stats.bootstrap``
+sorts every resample, O(n_boot·n log n): measured on this repository's CI machine (AMD EPYC, 1 thread) for 2000
+resamples it took 9 ms / 71 ms / 698 ms at n = 30 / 300 / 3000 samples per side against 1.6 / 1.6 / 2.1 ms here, and a
+kernel sweep compares hundreds of cases of thousands of samples each.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats as sps
 
 __all__ = ["RatioEstimate", "bootstrap_ratio_ci", "mann_whitney_p", "compare_samples", "benjamini_hochberg",
-           "MIN_SAMPLES"]
+           "MIN_SAMPLES", "RepeatedEstimate", "compare_repeated", "rep_spread"]
 
 MIN_SAMPLES = 3  # below this on either side no test is attempted
 
@@ -82,33 +95,15 @@ def bootstrap_ratio_ci(base: Sequence[float], new: Sequence[float], *, n_boot: i
 
 
 def mann_whitney_p(base: Sequence[float], new: Sequence[float]) -> float:
-    """Two-sided p-value of the Mann–Whitney U test (normal approximation, tie and continuity corrected).
-
-    ``U`` counts pairs with ``new > base`` (ties count ½); under H0 (same distribution) ``E[U] = n1·n2/2`` and
-    ``Var[U] = n1·n2/12 · (n + 1 − Σ(t³ − t) / (n(n − 1)))`` for tie groups of size ``t``, ``n = n1 + n2``.
-    For 5 vs 5 samples the approximation gives p = 0.012 where the exact test gives 0.008: slightly conservative.
-    """
+    """Two-sided p-value of the Mann–Whitney U test (``scipy.stats.mannwhitneyu``, ``method="auto"``: exact for small
+    samples without ties, else the tie- and continuity-corrected normal approximation). Identical values: 1."""
     b = np.asarray(base, dtype=float)
     a = np.asarray(new, dtype=float)
-    n1, n2 = len(a), len(b)
-    if n1 == 0 or n2 == 0:
+    if len(a) == 0 or len(b) == 0:
         raise ValueError("both sample sets must be non-empty")
-    allv = np.concatenate([a, b])
-    # Average ranks (1-based) with ties sharing the mean rank.
-    order = np.argsort(allv, kind="mergesort")
-    sorted_v = allv[order]
-    ranks = np.empty(len(allv))
-    _, first, counts = np.unique(sorted_v, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0  # mean of ranks first+1 .. first+count
-    ranks[order] = np.repeat(avg, counts)
-    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
-    n = n1 + n2
-    tie = float(np.sum(counts.astype(float) ** 3 - counts))
-    var = n1 * n2 / 12.0 * ((n + 1) - tie / (n * (n - 1))) if n > 1 else 0.0
-    if var <= 0:
-        return 1.0  # every value identical: no evidence of a difference
-    z = (abs(u - n1 * n2 / 2.0) - 0.5) / math.sqrt(var)
-    return float(min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0))))
+    if np.ptp(np.concatenate([a, b])) == 0:
+        return 1.0  # every value identical: no evidence of a difference (scipy would divide by a zero variance)
+    return float(sps.mannwhitneyu(a, b, alternative="two-sided", method="auto").pvalue)
 
 
 def compare_samples(base: Sequence[float], new: Sequence[float], *, n_boot: int = 2000, confidence: float = 0.95,
@@ -126,8 +121,78 @@ def compare_samples(base: Sequence[float], new: Sequence[float], *, n_boot: int 
     return RatioEstimate(ratio, lo, hi, p, bool(significant), len(base), len(new))
 
 
+@dataclass(frozen=True)
+class RepeatedEstimate:
+    """NEW/BASE ratio of the medians of per-run medians, its hierarchical bootstrap interval, Welch's p on the log
+    per-run medians, and ``spread``: max over the two sides of max(run medians)/min(run medians) − 1."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    significant: bool
+    spread: float
+    reps_base: int
+    reps_new: int
+    n_base: int
+    n_new: int
+
+
+def rep_spread(runs: Sequence[Sequence[float]]) -> float:
+    """Relative range of the per-run medians: ``max / min − 1`` (0 for a single run)."""
+    med = [float(np.median(r)) for r in runs]
+    return max(med) / min(med) - 1.0 if len(med) > 1 else 0.0
+
+
+def _hier_boot(runs: Sequence[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` hierarchical bootstrap replicates of the median of per-run medians: shape ``[n_boot]``.
+
+    Level 1 draws ``K`` runs with replacement; level 2 replaces each drawn run by a bootstrap median of its own
+    samples (replicate ``b`` of run ``r`` is ``M[r, b]``, from :func:`_boot_medians`).
+    """
+    k = len(runs)
+    m = np.stack([_boot_medians(r, n_boot, rng) for r in runs])  # [K, n_boot]
+    pick = rng.integers(0, k, size=(n_boot, k))  # [n_boot, K] run indices
+    return np.median(m[pick, np.arange(n_boot)[:, None]], axis=1)
+
+
+def compare_repeated(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], *, n_boot: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> RepeatedEstimate:
+    """Run-level comparison of one config measured in several runs per side (see the module docstring).
+
+    ``significant`` = the interval excludes 1 and Welch's p < 1 − confidence; whether the effect also exceeds
+    ``spread`` is the caller's verdict (``bench.compare``), so the two criteria stay visible apart.
+
+    Raises:
+        ValueError: fewer than 2 runs on a side, or a run with fewer than :data:`MIN_SAMPLES` samples.
+    """
+    b = [np.asarray(r, dtype=float) for r in base]
+    a = [np.asarray(r, dtype=float) for r in new]
+    if len(b) < 2 or len(a) < 2:
+        raise ValueError(f"need at least 2 runs per side, got {len(b)} and {len(a)}")
+    if min(len(r) for r in (*a, *b)) < MIN_SAMPLES:
+        raise ValueError(f"need at least {MIN_SAMPLES} samples per run")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    rng = np.random.default_rng(seed)
+    ratios = _hier_boot(a, n_boot, rng) / _hier_boot(b, n_boot, rng)
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
+    mb, ma = np.log([np.median(r) for r in b]), np.log([np.median(r) for r in a])
+    if np.ptp(np.concatenate([ma, mb])) == 0:
+        p = 1.0
+    else:
+        p = float(sps.ttest_ind(ma, mb, equal_var=False).pvalue)
+        if not np.isfinite(p):  # zero variance on both sides but different means: the runs agree exactly
+            p = 0.0
+    ratio = float(np.exp(np.median(ma)) / np.exp(np.median(mb)))
+    significant = (lo > 1.0 or hi < 1.0) and p < alpha
+    return RepeatedEstimate(ratio, float(lo), float(hi), p, bool(significant), max(rep_spread(a), rep_spread(b)),
+                            len(b), len(a), sum(map(len, b)), sum(map(len, a)))
+
+
 def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini–Hochberg adjusted p-values (q-values), in the input order.
+    """Benjamini–Hochberg adjusted p-values (q-values), in the input order (``scipy.stats.false_discovery_control``).
 
     ``q_(i) = min_{j >= i} p_(j) · m / j`` over the ascending p-values ``p_(1) <= ... <= p_(m)``, capped at 1.
     Calling every test with ``q < alpha`` significant keeps the expected share of false discoveries among them at
@@ -135,14 +200,8 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     ``alpha · m`` unchanged configs of a large sweep.
     """
     p = np.asarray(p_values, dtype=float)
-    m = p.size
-    if m == 0:
+    if p.size == 0:
         return p.copy()
     if not np.all((p >= 0) & (p <= 1)):
         raise ValueError("p-values must lie in [0, 1]")
-    order = np.argsort(p, kind="mergesort")
-    scaled = p[order] * m / np.arange(1, m + 1)
-    q_sorted = np.minimum.accumulate(scaled[::-1])[::-1]
-    q = np.empty(m)
-    q[order] = np.minimum(q_sorted, 1.0)
-    return q
+    return np.asarray(sps.false_discovery_control(p, method="bh"), dtype=float)

@@ -1,8 +1,9 @@
 """Run a list of configs into ``DIR``: rows appended one at a time, resumable, optionally one process per config.
 
 Files written:
-* ``DIR/results.csv``: one row per config (:data:`bench.runner.RESULT_COLUMNS`), flushed and fsynced per row.
-* ``DIR/samples.jsonl``: the raw per-sample latencies of each config, keyed by the config (for ``compare``).
+* ``DIR/results.csv``: one row per config and repetition (:data:`bench.runner.RESULT_COLUMNS`; ``rep``, see
+  :mod:`bench.repeats`), flushed and fsynced per row.
+* ``DIR/samples.jsonl``: the raw per-sample latencies of each config and repetition, keyed by the config + ``rep``.
 * ``DIR/env.json``: the environment and the exact command line.
 * ``DIR/sweep.json``: the sweep definition (configs) and code version, used by ``merge`` and ``--resume``.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from .config import Config, key_of_row
 from .env import collect_env, env_columns
 from .io import BadInputError, RowWriter, append_jsonl, drop_torn_tail, read_results, row_line
+from .repeats import REP, done_units, schedule
 from .runner import RESULT_COLUMNS, RunOptions, measure
 
 __all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated", "open_run_dir", "record_row"]
@@ -89,8 +91,9 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
               isolate: bool = False, resume: bool = False, progress: bool = True, argv: list[str] | None = None,
               measure_fn: Callable[[Config, RunOptions], tuple[dict[str, Any], list[float]]] | None = None,
               deadline: float | None = None, sweep_configs: Sequence[Config] | None = None,
-              shard: str | None = None, budget_s: float = 0.0) -> list[dict[str, Any]]:
-    """Measure every config not already in ``DIR/results.csv`` (with ``resume``); returns the new rows.
+              shard: str | None = None, budget_s: float = 0.0, repeats: int = 1) -> list[dict[str, Any]]:
+    """Measure every config (``repeats`` times, round-robin: :mod:`bench.repeats`) not already in
+    ``DIR/results.csv`` (with ``resume``); returns the new rows.
 
     ``deadline`` (a ``time.monotonic()`` value): start no config after it; the configs left are listed in
     ``DIR/skipped.txt`` (and ``--resume`` measures them later). ``budget_s`` (``run --budget-s``): the same, counted
@@ -100,7 +103,7 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
     opts = opts or RunOptions()
     out = Path(out_dir)
     env, todo, writer = open_run_dir(configs, out, resume=resume, argv=argv, sweep_configs=sweep_configs,
-                                     shard=shard)
+                                     shard=shard, repeats=repeats)
     (out / "skipped.txt").unlink(missing_ok=True)  # an earlier run's list; --resume puts its configs in `todo` again
     flops_cache: dict[tuple, dict[str, Any]] = {}
     if measure_fn is None:
@@ -109,18 +112,21 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
 
     from .progress import SweepProgress
 
-    with SweepProgress(len(todo), enabled=progress, skipped=len(configs) - len(todo)) as bar:
+    def label(cfg: Config, rep: int) -> str:
+        return cfg.label() + (f" rep {rep + 1}/{repeats}" if repeats > 1 else "")
+
+    with SweepProgress(len(todo), enabled=progress, skipped=len(configs) * repeats - len(todo)) as bar:
         if budget_s > 0:
             budget_end = time.monotonic() + budget_s
             deadline = budget_end if deadline is None else min(deadline, budget_end)
-        for i, cfg in enumerate(todo):
+        for i, (cfg, rep) in enumerate(todo):
             if deadline is not None and time.monotonic() > deadline and (i > 0 or budget_s <= 0):
-                (out / "skipped.txt").write_text("".join(c.label() + "\n" for c in todo[i:]))
+                (out / "skipped.txt").write_text("".join(label(c, r) + "\n" for c, r in todo[i:]))
                 break
-            bar.start(cfg.label())
+            bar.start(label(cfg, rep))
             row, samples = measure_fn(cfg, opts)
             row = {**env_columns(env, cfg.device), **row}  # facts measured with the row (threads) win
-            record_row(out, writer, cfg, row, samples)
+            record_row(out, writer, cfg, row, samples, rep=rep)
             rows.append(row)
             bar.advance(row)
     return rows
@@ -128,35 +134,41 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
 
 def open_run_dir(configs: Sequence[Config], out: Path, *, resume: bool, argv: list[str] | None,
                  sweep_configs: Sequence[Config] | None = None, shard: str | None = None,
-                 columns: Sequence[str] = RESULT_COLUMNS) -> tuple[dict[str, Any], list[Config], RowWriter]:
+                 columns: Sequence[str] = RESULT_COLUMNS, repeats: int = 1
+                 ) -> tuple[dict[str, Any], list[tuple[Config, int]], RowWriter]:
     """Create ``DIR``, write ``env.json`` and ``sweep.json``, apply ``--resume`` (else clear old results).
 
-    Returns ``(env, configs still to measure, writer for results.csv)``; shared by local and Ray sweeps.
+    Returns ``(env, (config, rep) still to measure in order, writer for results.csv)``; shared by local and Ray
+    sweeps.
     """
     done = completed_keys(out) if resume else set()  # a bad results.csv is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     env = collect_env(argv)
     (out / "env.json").write_text(json.dumps(env, indent=2) + "\n")
-    _write_sweep_def(out, configs if sweep_configs is None else sweep_configs, env, shard)
+    _write_sweep_def(out, configs if sweep_configs is None else sweep_configs, env, shard, repeats)
+    done = done_units(out) if resume else set()
     if resume and (out / "samples.jsonl").exists():
         drop_torn_tail(out / "samples.jsonl")  # a kill mid-write must not leave a broken line in the middle
     if not resume and (out / "results.csv").exists():
         (out / "results.csv").unlink()
         (out / "samples.jsonl").unlink(missing_ok=True)
-    todo = [c for c in configs if c.key() not in done]
+    todo = schedule(configs, repeats, done)
     return env, todo, RowWriter(out / "results.csv", columns)
 
 
-def record_row(out: Path, writer: RowWriter, cfg: Config, row: dict[str, Any], samples: list[float]) -> None:
-    """Append one finished config: its row to ``results.csv`` and its raw samples to ``samples.jsonl``."""
+def record_row(out: Path, writer: RowWriter, cfg: Config, row: dict[str, Any], samples: list[float],
+               rep: int = 0) -> None:
+    """Append one finished config (repetition ``rep``): its row to ``results.csv``, raw samples to ``samples.jsonl``."""
+    row[REP] = rep
     writer.append(row)
     if samples:
-        append_jsonl(out / "samples.jsonl", {"key": list(cfg.key()), **cfg.as_dict(),
+        append_jsonl(out / "samples.jsonl", {"key": list(cfg.key()), REP: rep, **cfg.as_dict(),
                                              "device_name": row.get("device_name"), "samples_ms": samples})
 
 
-def _write_sweep_def(out: Path, configs: Sequence[Config], env: dict[str, Any], shard: str | None = None) -> None:
+def _write_sweep_def(out: Path, configs: Sequence[Config], env: dict[str, Any], shard: str | None = None,
+                     repeats: int = 1) -> None:
     path = out / "sweep.json"
     data = {"configs": [c.as_dict() for c in configs], "git_sha": env.get("git_sha"),
-            "git_dirty": env.get("git_dirty"), "shard": shard, "pid": os.getpid()}
+            "git_dirty": env.get("git_dirty"), "shard": shard, "repeats": repeats, "pid": os.getpid()}
     path.write_text(json.dumps(data) + "\n")

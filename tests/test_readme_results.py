@@ -121,28 +121,25 @@ def test_eager_vs_compile_example_is_the_committed_output(readme: str, text: str
 
 
 def test_repeat_run_figures(text: str) -> None:
-    md = (RESULTS / "cpu-repeat" / "compare.md").read_text()
-    head = find(md, r"(\d+) slower, (\d+) faster, (\d+) unchanged of (\d+) matched")
-    m = find(text, r"(\d+) configs\) gave (\d+) of (\d+) \"slower\" verdicts, all on basic_cnn configs of at most "
-                   r"([\d.]+) ms \((\w+) sub-millisecond; \+(\d+)% to \+(\d+)%.*?and (\d+) of (\d+) on resnet18 "
-                   r"\((\d+)–(\d+) ms\)")
-    assert (int(m[1]), int(m[2]), int(m[3])) == (int(head[4]), int(head[1]), int(head[4]))
-    rows = [r.split("|")[1:-1] for r in md.splitlines() if r.startswith("| ") and " ms |" in r]
-    table = pd.DataFrame([[c.strip() for c in r[:6]] for r in rows],
-                         columns=["config", "base", "new", "change", "q", "verdict"])
-    table["model"] = table.config.str.split().str[0]
-    table["base_ms"] = table.base.str.replace(" ms", "").astype(float)
-    table["new_ms"] = table.new.str.replace(" ms", "").astype(float)
-    slower = table[table.verdict.str.contains("slower")]
-    assert set(slower.model) == {"basic_cnn"}
-    assert max(slower.base_ms.max(), slower.new_ms.max()) <= float(m[4])
-    words = {"one": 1, "two": 2, "three": 3, "four": 4}
-    assert int(((slower.base_ms < 1) & (slower.new_ms < 1)).sum()) == words[m[5]]
-    changes = slower.change.str.split().str[0].map(_pct)
-    assert (round(changes.min()), round(changes.max())) == (int(m[6]), int(m[7]))
-    resnet = table[table.model == "resnet18"]
-    assert (int(m[8]), int(m[9])) == (int(resnet.verdict.str.contains("slower|faster").sum()), len(resnet))
-    assert (int(m[10]), int(m[11])) == (int(resnet.base_ms.min() // 1), round(resnet.base_ms.max()))
+    """The `bench ab` figures (A/A with 3 runs and with one, the known slowdown, the cost of --repeats 3) against the
+    compare.json / ab.json files of results/cpu-repeat."""
+    def run(name: str) -> tuple[dict, dict]:
+        d = RESULTS / "cpu-repeat" / name
+        return json.loads((d / "compare.json").read_text()), json.loads((d / "ab.json").read_text())
+
+    (aa3, ab3), (aa1, ab1), (pw, _) = run("aa-repeats"), run("aa-single"), run("power-sleep")
+    m = find(text, r"A/A (\d+) of (\d+) flagged with 3 runs,\s+(\d+) of (\d+) with one run")
+    flagged = lambda c: c["summary"]["slower"] + c["summary"]["faster"]  # noqa: E731
+    assert (int(m[1]), int(m[2]), int(m[3]), int(m[4])) == (flagged(aa3), aa3["summary"]["matched"], flagged(aa1),
+                                                            aa1["summary"]["matched"])
+    assert ab3["repeats"] == 3 and ab1["repeats"] == 1
+    (row,) = pw["rows"]
+    change = find(text, r"a known \+10% \(a test model sleeping [\d.]+ vs [\d.]+ ms\) was (\*\*not\*\* )?detected "
+                        r"\(([+-][\d.]+)%")
+    assert (change[1] is None) == (row["verdict"] == "slower")
+    assert float(change[2]) == round((row["ratio"] - 1) * 100, 1)
+    cost = float(find(text, r"`--repeats 3` cost ([\d.]+)× the wall time of one round")[1])
+    assert cost == round(ab3["wall_s"] / ab1["wall_s"], 1)
 
 
 def test_synthetic_false_positive_figures(text: str) -> None:

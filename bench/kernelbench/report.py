@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.fmt import fmt_num
 from bench.io import read_results
-from bench.report import fmt_num
 
 __all__ = ["kernels_markdown", "kernels_section", "CHECK_NUMERIC", "BENCH_NUMERIC", "COMPILE_NUMERIC"]
 

@@ -30,6 +30,8 @@ class _Behaviour(nn.Module):
             time.sleep(30)
         if self.action == "die":
             os._exit(17)
+        if self.action == "sleep":  # a known, tunable step time for A/B power checks (bench ab --head-env ...)
+            time.sleep(float(os.environ.get("VISIONBENCH_FAKE_SLEEP_MS", "3")) / 1e3)
         return self.lin(x.flatten(1)[:, :8])
 
 
@@ -44,7 +46,8 @@ def _register(name: str, action: str) -> None:
     register_model(family="fake", input_shape=(2, 2, 2), num_classes=4)(build)
 
 
-FAKES = {"fake_raise": "raise", "fake_oom": "oom", "fake_hang": "hang", "fake_die": "die", "fake_ok": "ok"}
+FAKES = {"fake_raise": "raise", "fake_oom": "oom", "fake_hang": "hang", "fake_die": "die", "fake_ok": "ok",
+         "fake_sleep": "sleep"}
 
 
 def register_all() -> None:
