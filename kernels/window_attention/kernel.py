@@ -93,7 +93,7 @@ if HAS_TRITON:
         ACC = tl.float64 if ACC_F64 else tl.float32
         DOT_DT = tl.float32 if DOT_F32 else IN_DT
         if ACC_F64:
-            scale = scale_hi.to(tl.float64) + scale_lo.to(tl.float64)
+            scale = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
         else:
             scale = scale_hi
         # bias[h] + mask[m] is the same for every window of this program: load it once.
@@ -157,7 +157,7 @@ if HAS_TRITON:
         ACC = tl.float64 if ACC_F64 else tl.float32
         DOT_DT = tl.float32 if DOT_F32 else IN_DT
         if ACC_F64:
-            scale = scale_hi.to(tl.float64) + scale_lo.to(tl.float64)
+            scale = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
         else:
             scale = scale_hi
         bm = _bias_mask_tile(bias_ptr, mask_ptr, h, m, rows[:, None], cols[None, :], N, sbh, sbi, sbj, smw, smi,
@@ -246,7 +246,7 @@ if HAS_TRITON:
         ACC = tl.float64 if ACC_F64 else tl.float32
         DOT_DT = tl.float32 if DOT_F32 else IN_DT
         if ACC_F64:
-            scale = scale_hi.to(tl.float64) + scale_lo.to(tl.float64)
+            scale = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
         else:
             scale = scale_hi
         bmt = _bias_mask_tile(bias_ptr, mask_ptr, h, m, qs[None, :], keys[:, None], N, sbh, sbi, sbj, smw, smi,
