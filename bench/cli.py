@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtypes", nargs="+", help="fp32 tf32 fp16 bf16 (autocast) fp16-pure bf16-pure (model cast)")
     r.add_argument("--devices", nargs="+", help="cpu cuda")
     r.add_argument("--modes", nargs="+", help="infer train")
-    r.add_argument("--backends", nargs="+", help="eager compile triton")
-    r.add_argument("--kernels", nargs="+", help="with --backends triton: 'all' or kernel names, one at a time")
+    r.add_argument("--backends", nargs="+", help="eager compile triton compile-triton")
+    r.add_argument("--kernels", nargs="+", help="with --backends triton / compile-triton: 'all' or kernel names, "
+                                                 "one at a time")
     r.add_argument("--channels-last", nargs="*", default=None,
                    help="no value = true; or a list such as 'false true' to sweep both")
     r.add_argument("--input-size", type=int, help="square input side instead of each model's default")

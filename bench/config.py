@@ -19,8 +19,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "DTYPES", "LOWP", "DEVICES", "MODES", "BACKENDS", "SUITES_FILE", "load_suites", "expand",
-           "KEY_FIELDS", "validate_choice", "cheapest_first"]
+__all__ = ["Config", "DTYPES", "LOWP", "DEVICES", "MODES", "BACKENDS", "KERNEL_BACKENDS", "SUITES_FILE",
+           "load_suites", "expand", "KEY_FIELDS", "validate_choice", "cheapest_first"]
 
 # Precision names -> compute dtype (float32 with TF32 matmuls for "tf32").
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
@@ -32,7 +32,10 @@ LOWP: dict[str, tuple[str, str]] = {"fp16": ("fp16", "autocast"), "bf16": ("bf16
                                     "fp16-pure": ("fp16", "cast"), "bf16-pure": ("bf16", "cast")}
 DEVICES = ("cpu", "cuda")
 MODES = ("infer", "train")
-BACKENDS = ("eager", "compile", "triton")
+BACKENDS = ("eager", "compile", "triton", "compile-triton")
+# Backends that switch our Triton kernels into the model ("compile-triton": the model, kernels switched in, under
+# torch.compile; the kernels are visionbench:: operators, so Inductor schedules them with the code around).
+KERNEL_BACKENDS = ("triton", "compile-triton")
 SUITES_FILE = Path(__file__).with_name("suites.toml")
 
 # The columns that identify a config (resume, compare and merge match rows on them).
@@ -212,7 +215,7 @@ def expand(models: Iterable[str], batch_sizes: Iterable[int], dtypes: Iterable[s
     for model, dev, mode, dt, be, cl in itertools.product(models, devices, modes, dtypes, backends, channels_last):
         size = input_size or per_model_size.get(model, 0)
         for bs in per_model_bs.get(model, batch_sizes):
-            for k in (kernels if be == "triton" else [""]):
+            for k in (kernels if be in KERNEL_BACKENDS else [""]):
                 out.append(Config(model, be, mode, dev, dt, int(bs), bool(cl), k, size))
     return out
 

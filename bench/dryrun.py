@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from .config import Config
+from .config import KERNEL_BACKENDS, Config
 
 __all__ = ["dry_run", "check_imports"]
 
@@ -16,7 +16,7 @@ __all__ = ["dry_run", "check_imports"]
 def check_imports(configs: Sequence[Config]) -> list[tuple[str, str]]:
     """``[(module, problem)]`` for each needed module that fails to import ('' when fine)."""
     needed = {"torch", "torchvision", "pandas", "rich", "matplotlib", "models"}
-    if any(c.backend == "triton" for c in configs):
+    if any(c.backend in KERNEL_BACKENDS for c in configs):
         needed |= {"triton", "kernels"}
     needed.add("fvcore")  # optional: FLOP MACs degrade to empty with a note
     out = []

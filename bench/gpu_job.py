@@ -45,6 +45,7 @@ __all__ = ["main", "model_configs", "check_argv", "job_exit_code"]
 CHECK_DTYPES = ("bf16", "fp16", "fp32")
 
 COMPILE_MODELS = ("resnet50", "efficientnet_b0", "vit_b_16", "swin_t")
+COMPILE_TRITON_MODELS = ("swin_t", "efficientnet_b0", "fasterrcnn_resnet50_fpn")
 THROUGHPUT_BATCH = {"fasterrcnn_resnet50_fpn": 4, "vit_l_16": 32, "mae_vit_l_16": 32, "unet": 8, "unet_transposed": 8,
                     "deeplabv3plus_resnet50": 8, "yolov5x": 16, "yolov5l": 16, "swin_b": 32}
 
@@ -52,7 +53,7 @@ THROUGHPUT_BATCH = {"fasterrcnn_resnet50_fpn": 4, "vit_l_16": 32, "mae_vit_l_16"
 def model_configs() -> list:
     """Model configs in priority order (eager fp32/bf16 first, then triton, tf32, compile)."""
     import models
-    from bench.config import Config
+    from bench.config import KERNEL_BACKENDS, Config
 
     names = [n for n in models.list_models() if models.get_spec(n).family != "fake"]
     out: list[Config] = []
@@ -63,13 +64,15 @@ def model_configs() -> list:
                 if only is not None and n not in only:
                     continue
                 for bs in (1, THROUGHPUT_BATCH.get(n, 64)):
-                    out.append(Config(n, backend, "infer", "cuda", dt, bs, False, "all" if backend == "triton" else ""))
+                    out.append(Config(n, backend, "infer", "cuda", dt, bs, False,
+                                      "all" if backend in KERNEL_BACKENDS else ""))
 
     add("eager", ("bf16", "fp32"))
     hot = tuple(n for n in names if models.get_spec(n).hot_paths)
     add("triton", ("bf16", "fp32"), hot)
     add("eager", ("tf32",))
     add("compile", ("bf16",), COMPILE_MODELS)
+    add("compile-triton", ("bf16",), COMPILE_TRITON_MODELS)  # our kernels inside the compiled model
     return out
 
 
@@ -94,6 +97,7 @@ def job_exit_code(step_codes: dict[str, int], model_rows: list[dict]) -> int:
 
 def preflight(configs: list, out: Path, arch: str) -> int:
     """Compile this job's Triton launches for ``arch`` without a GPU: kernel cases, then triton-backend models."""
+    from bench.config import KERNEL_BACKENDS
     from bench.io import RowWriter
     from bench.kernelbench.aot import AOT_COLUMNS, AOT_FAILURES, ARCHS, summarize
     from bench.kernelbench.cli import COMPILE_CSV, compile_model_cases, env_row_columns
@@ -106,7 +110,9 @@ def preflight(configs: list, out: Path, arch: str) -> int:
         return 2
     env_cols, env = env_row_columns("cpu")
     writer = RowWriter(out / COMPILE_CSV, AOT_COLUMNS + env_cols)  # appends to the kernel cases' file
-    cases = [(c.model, c.batch_size, c.dtype, c.mode) for c in configs if c.backend == "triton"]
+    # compile-triton launches the same kernels with the same launch parameters as triton (the op bodies).
+    cases = list(dict.fromkeys((c.model, c.batch_size, c.dtype, c.mode) for c in configs
+                               if c.backend in KERNEL_BACKENDS))
     rows = compile_model_cases(cases, ARCHS[arch], writer, env)
     write_report(out)
     counts = summarize(rows)

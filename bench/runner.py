@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from . import accuracy
-from .config import DTYPES, LOWP, Config
+from .config import DTYPES, KERNEL_BACKENDS, LOWP, Config
 from .flops import count_step_flops
 from .machine_state import MACHINE_COLUMNS, snapshot
 from .memory import measure_peak_memory
@@ -39,6 +39,7 @@ RESULT_COLUMNS = [
     "flops_counter_warnings", "precision_note", "kernel_path", "kernels_switched", "timer",
     "device_name", "host", "torch_version", "triton_version", "torchvision_version", "cuda_version", "threads",
     "git_sha", "timestamp", "cpu_isa", "reduced_samples", *accuracy.ACCURACY_COLUMNS, *MACHINE_COLUMNS,
+    "dynamo_graphs", "graph_breaks",
 ]
 
 
@@ -124,7 +125,7 @@ def probe_support(cfg: Config, allow_slow_fallback: bool = False) -> str:
             raise Unsupported(reason)
         if reason:
             note += " (fallback path, measured on request)"
-    if cfg.backend == "triton":
+    if cfg.backend in KERNEL_BACKENDS:
         from kernels import HAS_TRITON
 
         if not HAS_TRITON:
@@ -156,6 +157,11 @@ def _compiled_graphs() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
+def _graph_breaks() -> int:
+    """Graph breaks torch._dynamo has reported in this process (its own counter, summed over reasons)."""
+    return int(sum(torch._dynamo.utils.counters["graph_break"].values()))
+
+
 class CompileFellBack(RuntimeError):
     """``backend=compile`` ran without torch.compile compiling a graph: the row would be an eager figure."""
 
@@ -176,7 +182,7 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
     device = torch.device(cfg.device)
     facts: dict[str, Any] = {}
     torch.manual_seed(0)  # the same weights for every config of a model (the accuracy gate's reference is shared)
-    if cfg.backend == "triton":
+    if cfg.backend in KERNEL_BACKENDS:
         from kernels import dispatch_path
         from kernels.registry import patch_model
 
@@ -204,13 +210,15 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
     if cfg.channels_last:
         batch.inputs = tuple(x.contiguous(memory_format=torch.channels_last)
                              if isinstance(x, torch.Tensor) and x.dim() == 4 else x for x in batch.inputs)
-    if cfg.backend == "compile":
+    compiled = cfg.backend in ("compile", "compile-triton")
+    if compiled:
         # Each config compiles as in a fresh process. Without this, every config of one model class adds to the same
         # code object's recompile count: past torch._dynamo's recompile limit (8) the model silently runs eagerly,
         # and a second batch size inherits a dynamic-shape graph instead of its own static one.
         torch._dynamo.reset()
         facts["_graphs_before"] = _compiled_graphs()
-    run_model = torch.compile(model) if cfg.backend == "compile" else model
+        facts["_breaks_before"] = _graph_breaks()
+    run_model = torch.compile(model) if compiled else model
     facts["precision_note"] = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmul/conv",
                                "fp16": "autocast fp16", "bf16": "autocast bf16",
                                "fp16-pure": "pure fp16: model and inputs cast",
@@ -305,7 +313,10 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
                         min_time_s=opts.min_time_s, min_samples=opts.min_samples, max_s=opts.max_config_s)
             samples = t.samples_ms
             row.update(snapshot(cfg.device))  # clocks, load, ISA as the samples saw them (drift between runs)
-            if cfg.backend == "compile" and _compiled_graphs() == facts["_graphs_before"]:
+            if facts.get("_graphs_before") is not None:  # compiled backends: what Dynamo made of the model
+                row["dynamo_graphs"] = _compiled_graphs() - facts["_graphs_before"]
+                row["graph_breaks"] = _graph_breaks() - facts["_breaks_before"]
+            if facts.get("_graphs_before") is not None and row["dynamo_graphs"] == 0:
                 raise CompileFellBack("torch.compile compiled no graph for this config (dynamo ran the model "
                                       "eagerly); the timing would be eager's")
             mem = measure_peak_memory(step, device)

@@ -33,6 +33,11 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     if _info.ispkg and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
+# FLOP formulas for the visionbench:: operators the sub-packages registered.
+from ._flops import register as _register_flops  # noqa: E402
+
+_register_flops()
+
 # Public functions. ``kernels/window_attention/`` is also the sub-package's name, so bind the function over the
 # module attribute that the import above set.
 _PUBLIC = {"window_attention": "window_attention", "depthwise_conv2d": "depthwise_conv", "roi_align": "roi_align"}

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import torch
 
+from .._ops import traceable
 from .._triton import HAS_TRITON, empty_output, gpu_launch, interpreted, sm_count, tl, triton
 from .reference import ConvGeometry, is_channels_last
 
@@ -375,18 +376,18 @@ def _launch_conv(src: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     common = dict(TRANSPOSED=transposed, HAS_BIAS=bias is not None, SILU=silu, ACC_F64=_acc_f64(src),
                   RTNE_BF16=_rtne_bf16_needed(out), **geo.constexprs())
     if channels_last:
-        wt = w2.t().contiguous()  # [KK, C]: one tap's weights are contiguous across channels
+        wt = w2.t()  # [KK, C] view read through its strides: no transposed copy per call (capture-safe)
         bp, bc = _cl_blocks(c, n * ho * wo, src.device)
         grid = (triton.cdiv(n * ho * wo, bp), triton.cdiv(c, bc))
-        _dw_conv_cl_kernel[grid](src, wt, b_arg, out, c, n * ho * wo, hs, ws, ho, wo, *src.stride(), *out.stride(),
-                                 wt.stride(1), wt.stride(0), BLOCK_P=bp, BLOCK_C=bc,
-                                 num_warps=_num_warps(bp * bc), **common)
+        traceable(_dw_conv_cl_kernel)[grid](src, wt, b_arg, out, c, n * ho * wo, hs, ws, ho, wo, *src.stride(),
+                                            *out.stride(), wt.stride(1), wt.stride(0), BLOCK_P=bp, BLOCK_C=bc,
+                                            num_warps=_num_warps(bp * bc), **common)
     else:
         bpl, bh, bw = _planar_blocks(n * c, ho, wo, src.device)
         grid = (triton.cdiv(n * c, bpl), triton.cdiv(ho, bh) * triton.cdiv(wo, bw))
-        _dw_conv_planar_kernel[grid](src, w2, b_arg, out, c, n * c, hs, ws, ho, wo, *src.stride(), *out.stride(),
-                                     w2.stride(0), w2.stride(1), BLOCK_PL=bpl, BLOCK_H=bh, BLOCK_W=bw,
-                                     num_warps=_num_warps(bpl * bh * bw), **common)
+        traceable(_dw_conv_planar_kernel)[grid](src, w2, b_arg, out, c, n * c, hs, ws, ho, wo, *src.stride(),
+                                                *out.stride(), w2.stride(0), w2.stride(1), BLOCK_PL=bpl, BLOCK_H=bh,
+                                                BLOCK_W=bw, num_warps=_num_warps(bpl * bh * bw), **common)
 
 
 def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geo: ConvGeometry,
@@ -445,8 +446,9 @@ def conv_backward_weight(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
         c_blocks = triton.cdiv(c, bc)
         split = _split(triton.cdiv(n * ho * wo, bp), c_blocks, x.device)
         part = empty_output((split, c, kk + 1), acc_dtype, x.device)
-        _dw_wgrad_cl_kernel[(c_blocks, split)](x, dy, part, n, c, h, w, ho, wo, split, *x.stride(), *dy.stride(),
-                                               BLOCK_P=bp, BLOCK_C=bc, num_warps=_num_warps(bp * bc), **common)
+        traceable(_dw_wgrad_cl_kernel)[(c_blocks, split)](x, dy, part, n, c, h, w, ho, wo, split, *x.stride(),
+                                                          *dy.stride(), BLOCK_P=bp, BLOCK_C=bc,
+                                                          num_warps=_num_warps(bp * bc), **common)
     else:
         # Bigger tiles than the forward (8 warps): each tap's tile ends in a block reduction, so amortize it.
         bc, bh, bw = _planar_blocks(c, ho, wo, x.device, target=2048)
@@ -454,11 +456,11 @@ def conv_backward_weight(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
         tiles = triton.cdiv(ho, bh) * triton.cdiv(wo, bw)
         split = _split(n * tiles, c_blocks, x.device)
         part = empty_output((split, c, kk + 1), acc_dtype, x.device)
-        _dw_wgrad_planar_kernel[(c_blocks, split)](x, dy, part, n, c, h, w, ho, wo, split, *x.stride(),
+        traceable(_dw_wgrad_planar_kernel)[(c_blocks, split)](x, dy, part, n, c, h, w, ho, wo, split, *x.stride(),
                                                    *dy.stride(), BLOCK_C=bc, BLOCK_H=bh, BLOCK_W=bw,
                                                    num_warps=_num_warps(bc * bh * bw), **common)
     block = 1024 if gpu_launch(x.device) else _next_pow2(min(c * (kk + 1), 8192))
-    _dw_wgrad_reduce_kernel[(triton.cdiv(c * (kk + 1), block),)](
+    traceable(_dw_wgrad_reduce_kernel)[(triton.cdiv(c * (kk + 1), block),)](
         part, gw, gb if gb is not None else gw, c, split, KK=kk, HAS_BIAS=has_bias, ACC_F64=_acc_f64(x),
         RTNE_BF16=_rtne_bf16_needed(gw), BLOCK=block, num_warps=4,
     )

@@ -1,4 +1,5 @@
-"""Public API of the depthwise convolution: autograd Function, dispatching functional, drop-in module, model switch.
+"""Public API of the depthwise convolution: dispatching functional (over the ``visionbench::depthwise_conv2d``
+operator, :mod:`.ops`), drop-in module, model switch.
 
     >>> y = depthwise_conv2d(x, weight, bias, stride=2, padding=1)     # == F.conv2d(..., groups=C)
     >>> conv = DepthwiseConv2d(96, kernel_size=3, stride=2, padding=1)  # an nn.Conv2d with groups=96
@@ -11,19 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.autograd.function import once_differentiable
 
 from .._triton import HAS_TRITON, dispatch_path
-from .kernel import conv_backward_input, conv_backward_weight, conv_forward
-from .reference import (
-    ConvGeometry,
-    IntPair,
-    Padding,
-    accepts_unbatched,
-    conv_geometry,
-    depthwise_conv2d_reference,
-    is_channels_last,
-)
+from .ops import depthwise_conv2d_op
+from .reference import IntPair, Padding, accepts_unbatched, conv_geometry, depthwise_conv2d_reference
 
 __all__ = [
     "DepthwiseConv2d",
@@ -32,33 +24,6 @@ __all__ = [
     "is_depthwise_conv",
     "patch_model",
 ]
-
-
-class _DepthwiseConv2dFunction(torch.autograd.Function):
-    """Triton forward; backward = input-gradient gather + two-stage weight/bias-gradient reduction."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                geo: ConvGeometry) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.geo = geo
-        ctx.has_bias = bias is not None
-        return conv_forward(x, weight, bias, geo)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        geo: ConvGeometry = ctx.geo
-        channels_last = is_channels_last(x)
-        # The kernels take any strides, but read dy coalesced only in x's layout (grad_out may also be expanded).
-        grad_out = grad_out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        gx = conv_backward_input(grad_out, weight, geo, channels_last) if need_x else None
-        gw = gb = None
-        if need_w or need_b:
-            gw, gb = conv_backward_weight(grad_out, x, weight, ctx.has_bias, geo, channels_last)
-        return gx, gw if need_w else None, gb if need_b else None, None
 
 
 def autocast_args(x: torch.Tensor, weight: torch.Tensor,
@@ -84,7 +49,7 @@ def depthwise_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         )
     x, weight, bias = autocast_args(x, weight, bias)
     geo = conv_geometry(x, weight, bias, stride, padding, dilation)
-    return _DepthwiseConv2dFunction.apply(x, weight, bias, geo)
+    return depthwise_conv2d_op(x, weight, bias, list(geo.stride), [*geo.pad, *geo.pad_end], list(geo.dilation))
 
 
 @accepts_unbatched

@@ -33,9 +33,13 @@ Atomics make the backward non-deterministic in the last bits.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+import struct
+from collections import OrderedDict
+
 import torch
 
+from kernels._ops import traceable
 from kernels._triton import HAS_TRITON, empty_output, interpreted, triton
 from kernels._triton import tl as tl
 
@@ -86,8 +90,15 @@ if HAS_TRITON:
         if not ALIGNED:
             roi_w = tl.where(roi_w < 1.0, 1.0, roi_w).to(ACC)
             roi_h = tl.where(roi_h < 1.0, 1.0, roi_h).to(ACC)
-        bin_h = roi_h / OH
-        bin_w = roi_w / OW
+        if ACC == tl.float32:  # noqa: SIM300 - a compile-time dtype test
+            # fp32 `/` compiles to div.full.f32 (<= 2 ulp) on the GPU: an exact quotient such as 21 / 7 can come back
+            # 1 ulp high and ceil() below would add a whole sample row. Correctly rounded, as torchvision's CUDA
+            # (nvcc's IEEE `/`) and the interpreter (numpy) divide.
+            bin_h = tl.math.div_rn(roi_h, tl.full([], OH, tl.float32))
+            bin_w = tl.math.div_rn(roi_w, tl.full([], OW, tl.float32))
+        else:
+            bin_h = roi_h / OH  # fp64 `/` is div.rn.f64
+            bin_w = roi_w / OW
         # Adaptive grid ceil(roi / pooled); <= 0 (the C++ loops run zero times), NaN or > _MAX_GRID -> 0 samples.
         agh = tl.ceil(tl.where((bin_h > 0.0) & (bin_h <= _MAX_GRID), bin_h, 0.0)).to(tl.int32)
         agw = tl.ceil(tl.where((bin_w > 0.0) & (bin_w <= _MAX_GRID), bin_w, 0.0)).to(tl.int32)
@@ -154,10 +165,11 @@ if HAS_TRITON:
         x_ptr, rois_ptr, lvl_ptr, meta_ptr, scale_ptr, out_ptr,
         N, C, H0, W0, scale_hi, scale_lo, sampling_ratio,
         NUM_LEVELS: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, ALIGNED: tl.constexpr,
-        MULTI_LEVEL: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, BASE_ALIGN: tl.constexpr,
+        MULTI_LEVEL: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC_F64: tl.constexpr, BASE_ALIGN: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, INTERPRET: tl.constexpr,
     ):
         """out[k, c, p] = sum_{iy, ix} bilinear(x[b, c], y(ph, iy), x(pw, ix)) / count; p = ph * OW + pw."""
+        ACC = tl.float64 if ACC_F64 else tl.float32  # a bool constexpr, not a tl.dtype argument (wrap_triton)
         k = tl.program_id(0)
         pid_c = tl.program_id(1)
         pid_p = tl.program_id(2)
@@ -225,11 +237,12 @@ if HAS_TRITON:
         g_ptr, rois_ptr, lvl_ptr, meta_ptr, scale_ptr, gin_ptr,
         N, C, H0, W0, scale_hi, scale_lo, sampling_ratio,
         NUM_LEVELS: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, ALIGNED: tl.constexpr,
-        MULTI_LEVEL: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, BASE_ALIGN: tl.constexpr,
+        MULTI_LEVEL: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC_F64: tl.constexpr, BASE_ALIGN: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr, OH_PAD: tl.constexpr,
         OW_PAD: tl.constexpr,
     ):
         """Pre-reduced scatter: grad_in[b, c, r, s] += sum_ph Ay[ph, r] * (sum_pw g[k, c, ph, pw] Ax[pw, s]) / count."""
+        ACC = tl.float64 if ACC_F64 else tl.float32  # a bool constexpr, not a tl.dtype argument (wrap_triton)
         k = tl.program_id(0)
         pid_c = tl.program_id(1)
         b, lvl, H, W, y1, x1, bin_h, bin_w, gh, gw, count = _roi_setup(
@@ -298,10 +311,11 @@ if HAS_TRITON:
         g_ptr, rois_ptr, lvl_ptr, meta_ptr, scale_ptr, gin_ptr,
         N, C, H0, W0, scale_hi, scale_lo, sampling_ratio,
         NUM_LEVELS: tl.constexpr, OH: tl.constexpr, OW: tl.constexpr, ALIGNED: tl.constexpr,
-        MULTI_LEVEL: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, BASE_ALIGN: tl.constexpr,
+        MULTI_LEVEL: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC_F64: tl.constexpr, BASE_ALIGN: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
         """One atomic per (bin, sample, tap, channel): grad_in[taps] += w * g[k, c, p] / count."""
+        ACC = tl.float64 if ACC_F64 else tl.float32  # a bool constexpr, not a tl.dtype argument (wrap_triton)
         k = tl.program_id(0)
         pid_c = tl.program_id(1)
         pid_p = tl.program_id(2)
@@ -374,14 +388,14 @@ def _interpreted(device: torch.device, interpreter: bool | None) -> bool:
     return interpreted(device) if interpreter is None else interpreter
 
 
-def _acc_type(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _split_f64(v: float) -> tuple[float, float]:
     """``v = hi + lo`` with both representable in float32 (Triton passes Python floats as fp32)."""
-    hi = float(np.float32(v))
-    return hi, float(np.float32(v - hi))
+    hi = _f32(v)
+    return hi, _f32(v - hi)
+
+
+def _f32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0]
 
 
 class LevelTable:
@@ -417,15 +431,37 @@ class LevelTable:
         self.channels_last = cl
         self.offsets = [d // esize for d in diffs]
         self.base_align = _pow2_align(self.offsets)
-        dev = f0.device
-        self.meta = torch.tensor([[o, f.shape[2], f.shape[3]] for o, f in zip(self.offsets, features)],
-                                 dtype=torch.int64).to(dev, non_blocking=True)
-        self.scales = torch.tensor([float(s) for s in scales], dtype=torch.float64).to(dev, non_blocking=True)
+        self.meta, self.scales = _device_tables(f0.device, tuple(self.offsets),
+                                                tuple((int(f.shape[2]), int(f.shape[3])) for f in features),
+                                                tuple(float(s) for s in scales))
 
     @staticmethod
     def _view(flat: torch.Tensor, shape: torch.Size, cl: bool) -> torch.Tensor:
         N, C, H, W = shape
         return flat.view(N, H, W, C).permute(0, 3, 1, 2) if cl else flat.view(N, C, H, W)
+
+
+_TABLE_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+_TABLE_CACHE_SIZE = 64
+
+
+def _device_tables(device: torch.device, offsets: tuple[int, ...], hw: tuple[tuple[int, int], ...],
+                   scales: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int64 ``[L, 3]`` ``(offset, H_l, W_l)`` and float64 ``[L]`` scale tables on ``device``, cached by value
+    (LRU, 64 entries): a repeated call (same level shapes and relative placement, as every training step and every
+    CUDA-graph replay has) copies nothing host->device. Only a new key pays the (blocking-free) copy, so capture a
+    CUDA graph after a warm-up call, as ``torch.cuda.graphs`` and ``mode="reduce-overhead"`` do anyway."""
+    key = (device, offsets, hw, scales)
+    hit = _TABLE_CACHE.get(key)
+    if hit is not None:
+        _TABLE_CACHE.move_to_end(key)
+        return hit
+    meta = torch.tensor([[o, h, w] for o, (h, w) in zip(offsets, hw)], dtype=torch.int64).to(device)
+    tables = (meta, torch.tensor(scales, dtype=torch.float64).to(device))
+    _TABLE_CACHE[key] = tables
+    if len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+        _TABLE_CACHE.popitem(last=False)
+    return tables
 
 
 def _pow2_align(offsets: list[int]) -> int:
@@ -496,11 +532,11 @@ def roi_align_forward(
     hi, lo = _split_f64(spatial_scale)
     cfg = launch_config("fwd", C, OH, OW, _interpreted(x0.device, interpreter))
     grid = (K, triton.cdiv(C, cfg["BLOCK_C"]), triton.cdiv(OH * OW, cfg["BLOCK_P"]))
-    _roi_align_fwd_kernel[grid](
+    traceable(_roi_align_fwd_kernel)[grid](
         x0, rois, levels.contiguous() if multi else rois, x.meta if multi else rois, x.scales if multi else rois,
         out, N, C, 0 if multi else H, 0 if multi else W, hi, lo, int(sampling_ratio),
         NUM_LEVELS=len(x.features) if multi else 1, OH=OH, OW=OW, ALIGNED=bool(aligned), MULTI_LEVEL=multi,
-        CHANNELS_LAST=cl, ACC=_acc_type(x0.dtype), BASE_ALIGN=x.base_align if multi else 1,
+        CHANNELS_LAST=cl, ACC_F64=x0.dtype == torch.float64, BASE_ALIGN=x.base_align if multi else 1,
         INTERPRET=interpreted(x0.device), **cfg,
     )
     return out
@@ -524,8 +560,8 @@ def roi_align_backward(
     """Launch the backward: the gradient of each input map (``shapes``, ``[N, C, H_l, W_l]``) in ``dtype``.
 
     The gradients are laid out like the forward's maps (``channels_last`` or NCHW). They accumulate with atomics in
-    one fp32 (float64 for float64 input) buffer that starts at zero (``torch.zeros``: the kernel adds into it, it
-    does not overwrite), then are cast to ``dtype``. A multi-level backward passes ``levels [K]`` and the float64
+    fp32 (float64 for float64 input) buffers, one per level, that start at zero (the kernel adds into them, it does
+    not overwrite), then are cast to ``dtype``. A multi-level backward passes ``levels [K]`` and the float64
     ``scales`` table of its :class:`LevelTable`. ``prereduce=False`` selects the one-atomic-per-tap kernel.
     """
     multi = levels is not None
@@ -537,30 +573,36 @@ def roi_align_backward(
     rois = _check_rois(rois, device)
     K = rois.shape[0]
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    sizes = [int(np.prod(s)) for s in shapes]
-    flat = torch.zeros(sum(sizes), dtype=acc_dtype, device=device)
-    starts = np.cumsum([0] + sizes[:-1]).tolist()
-    grads = [LevelTable._view(flat[s:s + n], shp, channels_last) for s, n, shp in zip(starts, sizes, shapes)]
+    if multi:
+        # One buffer per level (operator outputs may not share storage), all addressed from level 0's pointer
+        # through element offsets, as the forward's LevelTable does.
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        grads = [torch.empty(shp, dtype=acc_dtype, device=device, memory_format=fmt).zero_() for shp in shapes]
+        flat = grads[0]
+        starts = [(gr.data_ptr() - flat.data_ptr()) // flat.element_size() for gr in grads]
+    else:
+        flat = torch.zeros(math.prod(int(d) for d in shapes[0]), dtype=acc_dtype, device=device)
+        grads = [LevelTable._view(flat, shapes[0], channels_last)]
     if K > 0 and C > 0:
         g = grad_out.contiguous()
         if multi:
             if scales is None or levels.shape != (K,):
                 raise ValueError("the multi-level backward needs levels [K] and the scales table")
-            meta = torch.tensor([[s, shp[2], shp[3]] for s, shp in zip(starts, shapes)],
-                                dtype=torch.int64).to(device, non_blocking=True)
+            meta, _ = _device_tables(device, tuple(starts), tuple((int(shp[2]), int(shp[3])) for shp in shapes),
+                                     ())
             lv, sc, align = levels.contiguous(), scales, _pow2_align(starts)
         else:
             meta, lv, sc, align = rois, rois, rois, 1
         hi, lo = _split_f64(spatial_scale)
         common = dict(NUM_LEVELS=len(shapes), OH=OH, OW=OW, ALIGNED=bool(aligned), MULTI_LEVEL=multi,
-                      CHANNELS_LAST=channels_last, ACC=_acc_type(dtype), BASE_ALIGN=align)
+                      CHANNELS_LAST=channels_last, ACC_F64=dtype == torch.float64, BASE_ALIGN=align)
         args = (g, rois, lv, meta, sc, flat, N, C, 0 if multi else H, 0 if multi else W, hi, lo, int(sampling_ratio))
         interp = _interpreted(device, interpreter)
         if prereduce:
             cfg = launch_config("bwd", C, OH, OW, interp)
-            _roi_align_bwd_kernel[(K, triton.cdiv(C, cfg["BLOCK_C"]))](*args, **common, **cfg)
+            traceable(_roi_align_bwd_kernel)[(K, triton.cdiv(C, cfg["BLOCK_C"]))](*args, **common, **cfg)
         else:
             cfg = launch_config("bwd_taps", C, OH, OW, interp)
             grid = (K, triton.cdiv(C, cfg["BLOCK_C"]), triton.cdiv(OH * OW, cfg["BLOCK_P"]))
-            _roi_align_bwd_taps_kernel[grid](*args, **common, **cfg)
+            traceable(_roi_align_bwd_taps_kernel)[grid](*args, **common, **cfg)
     return [gr if gr.dtype == dtype else gr.to(dtype) for gr in grads]

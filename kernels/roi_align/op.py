@@ -1,4 +1,5 @@
-"""ROI Align: autograd Functions over the Triton launchers, the dispatching functional API and a drop-in module.
+"""ROI Align: the ``visionbench::roi_align*`` operators (:mod:`.ops`) behind the dispatching functional API, and a
+drop-in module.
 
 ``roi_align`` has exactly ``torchvision.ops.roi_align``'s signature and semantics; ``roi_align_multilevel`` is the
 pooling step of ``MultiScaleRoIAlign`` (all FPN levels in one launch). Both are differentiable with respect to the
@@ -16,57 +17,13 @@ from torch.nn.modules.utils import _pair
 
 from kernels._triton import HAS_TRITON, dispatch_path
 
-from .kernel import LevelTable, roi_align_backward, roi_align_forward, single_input
+from .ops import roi_align_multilevel_op, roi_align_op
 from .reference import as_rois, roi_align_multilevel_reference, roi_align_reference
 
 __all__ = ["RoIAlign", "roi_align", "roi_align_triton", "roi_align_multilevel", "roi_align_multilevel_triton",
            "patch_model"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-class _RoIAlignFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-                sampling_ratio: int, aligned: bool) -> Tensor:
-        x, cl = single_input(input)
-        out = roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned)
-        ctx.save_for_backward(rois)
-        ctx.args = (x.shape, cl, input.dtype, output_size, spatial_scale, sampling_ratio, aligned)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        (rois,) = ctx.saved_tensors
-        shape, cl, dtype, output_size, spatial_scale, sampling_ratio, aligned = ctx.args
-        (grad,) = roi_align_backward(grad_out, rois, [shape], cl, dtype, output_size, spatial_scale,
-                                     sampling_ratio, aligned)
-        return grad, None, None, None, None, None
-
-
-class _RoIAlignMultiLevelFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rois: Tensor, levels: Tensor, spatial_scales: tuple[float, ...], output_size: tuple[int, int],
-                sampling_ratio: int, aligned: bool, *features: Tensor) -> Tensor:
-        table = LevelTable(list(features), list(spatial_scales))
-        out = roi_align_forward(table, rois, output_size, 1.0, sampling_ratio, aligned, levels=levels)
-        ctx.save_for_backward(rois, levels)
-        # Keep only the small scales table, not the table's (possibly copied) maps: the backward needs no map data.
-        ctx.scales = table.scales
-        ctx.args = ([f.shape for f in table.features], table.channels_last, features[0].dtype, output_size,
-                    sampling_ratio, aligned)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        rois, levels = ctx.saved_tensors
-        shapes, cl, dtype, output_size, sampling_ratio, aligned = ctx.args
-        grads = roi_align_backward(grad_out, rois, shapes, cl, dtype, output_size, 1.0, sampling_ratio, aligned,
-                                   levels=levels, scales=ctx.scales)
-        grads = [g if need else None for g, need in zip(grads, ctx.needs_input_grad[6:])]
-        return (None, None, None, None, None, None, *grads)
 
 
 def _require_triton(device: torch.device) -> None:
@@ -95,8 +52,8 @@ def roi_align_triton(
     _require_triton(input.device)
     _check_dtype(input.dtype)
     rois = as_rois(boxes)
-    return _RoIAlignFunction.apply(input, rois, _pair(output_size), float(spatial_scale), int(sampling_ratio),
-                                   bool(aligned))
+    return roi_align_op(input, rois, list(_pair(output_size)), float(spatial_scale), int(sampling_ratio),
+                        bool(aligned))
 
 
 def roi_align(
@@ -154,9 +111,9 @@ def roi_align_multilevel_triton(
     _check_multilevel(features, rois, spatial_scales, levels)
     _require_triton(features[0].device)
     _check_dtype(features[0].dtype)
-    return _RoIAlignMultiLevelFunction.apply(rois, levels.to(features[0].device), tuple(float(s) for s in
-                                             spatial_scales), _pair(output_size), int(sampling_ratio),
-                                             bool(aligned), *features)
+    return roi_align_multilevel_op(list(features), rois, levels.to(features[0].device),
+                                   [float(s) for s in spatial_scales], list(_pair(output_size)), int(sampling_ratio),
+                                   bool(aligned))
 
 
 def roi_align_multilevel(

@@ -22,12 +22,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import KernelInputs, KernelSpec, register_kernel
-from .op import FusedWindowAttention, WindowAttentionFunction, window_attention, window_attention_triton
+from .op import FusedWindowAttention, window_attention, window_attention_triton
+from .ops import window_attention_backward_op, window_attention_op
 from .reference import combined_bias, relative_position_index, swin_shift_mask, window_attention_reference
 
 __all__ = [
     "FusedWindowAttention",
-    "WindowAttentionFunction",
+    "window_attention_op",
+    "window_attention_backward_op",
     "window_attention",
     "window_attention_reference",
     "window_attention_triton",

@@ -13,8 +13,8 @@ Design (memory-bound op: ~25 FLOP/byte at Swin-T stage 1, against a ridge of ~26
   64 < N ≤ 256 (window 9..16, e.g. 144): query tiles of ``BLOCK_M`` rows × all keys; the backward then splits into
   a row kernel (dq, LSE, Δ, bias/mask grads) and a column kernel (dk, dv) that reuses LSE and Δ.
 * Softmax, scores and every accumulation in fp32 (fp64 for fp64 inputs); P and dS are rounded to the input dtype
-  before their tensor-core products, as FlashAttention does. fp32 inputs use ``input_precision="ieee"`` (TF32
-  would miss fp32 tolerances).
+  before their tensor-core products, as FlashAttention does. fp32 inputs use ``input_precision="ieee"``
+  unless PyTorch allows TF32 for fp32 matmuls on CUDA (:func:`fp32_precision`), as eager and SDPA then do.
 * The bias/mask gradient is deterministic: each program sums dS over its windows in registers and writes one
   partial ``[H, N, N]`` tile per (program, head); the launcher reduces the partials with ``torch.sum``. Because a
   program's windows share a mask id, the same partials give the mask gradient (summed over heads) for free.
@@ -27,10 +27,12 @@ Design (memory-bound op: ~25 FLOP/byte at Swin-T stage 1, against a ridge of ~26
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import torch
 
+from .._ops import traceable
 from .._triton import HAS_TRITON, empty_output, interpret_enabled, tl, triton
 
 __all__ = ["LaunchConfig", "launch_config", "window_attention_fwd", "window_attention_bwd", "MAX_N", "MAX_D",
@@ -63,13 +65,13 @@ if HAS_TRITON:
 
     @triton.jit
     def _wattn_fwd_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, bias_ptr, mask_ptr, scale_ptr,
+        q_ptr, k_ptr, v_ptr, o_ptr, bias_ptr, mask_ptr, scale_hi, scale_lo,
         N, D, NW, WIN_PER_MASK,
         sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
         sbh, sbi, sbj, smw, smi, smj,
         WPB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        NQB: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
-        PRECISION: tl.constexpr, DOT_DT: tl.constexpr,
+        NQB: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACC_F64: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     ):
         """Grid ``(nW·ceil(B_/nW/WPB), H·NQB)``. Program (g·nW + m, h·NQB + qb) computes query rows
         ``[qb·BLOCK_M, (qb+1)·BLOCK_M)`` of head ``h`` for windows ``b = m + nW·(g·WPB + t)``, ``t < WPB``."""
@@ -85,8 +87,15 @@ if HAS_TRITON:
         row_ok = rows < N
         col_ok = cols < N
         d_ok = dd < D
-        scale = tl.load(scale_ptr)
+        # dtypes arrive as bool constexprs, not tl.dtype objects (user-defined Triton kernels captured by
+        # torch.compile / wrap_triton take plain constexprs); the scale as fp32 hi + lo (fp64: ~2^-48 relative).
         IN_DT = q_ptr.dtype.element_ty
+        ACC = tl.float64 if ACC_F64 else tl.float32
+        DOT_DT = tl.float32 if DOT_F32 else IN_DT
+        if ACC_F64:
+            scale = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
+        else:
+            scale = scale_hi
         # bias[h] + mask[m] is the same for every window of this program: load it once.
         bm = _bias_mask_tile(bias_ptr, mask_ptr, h, m, rows[:, None], cols[None, :], N, sbh, sbi, sbj, smw, smi,
                              smj, BLOCK_M, BLOCK_N, HAS_BIAS, HAS_MASK, ACC)
@@ -112,13 +121,13 @@ if HAS_TRITON:
     @triton.jit
     def _wattn_bwd_rows_kernel(
         q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr, part_ptr, lse_ptr, delta_ptr,
-        bias_ptr, mask_ptr, scale_ptr,
+        bias_ptr, mask_ptr, scale_hi, scale_lo,
         N, D, NW, WIN_PER_MASK, H,
         sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
         sbh, sbi, sbj, smw, smi, smj,
         WPB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         NQB: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, COMPUTE_DBM: tl.constexpr,
-        ACC: tl.constexpr, PRECISION: tl.constexpr, DOT_DT: tl.constexpr,
+        ACC_F64: tl.constexpr, PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     ):
         """Backward over query rows; same grid and window assignment as the forward. Recomputes P from q, k and
         the bias/mask tile (full rows are in registers, so no saved LSE is needed), then
@@ -142,8 +151,15 @@ if HAS_TRITON:
         row_ok = rows < N
         col_ok = cols < N
         d_ok = dd < D
-        scale = tl.load(scale_ptr)
+        # dtypes arrive as bool constexprs, not tl.dtype objects (user-defined Triton kernels captured by
+        # torch.compile / wrap_triton take plain constexprs); the scale as fp32 hi + lo (fp64: ~2^-48 relative).
         IN_DT = q_ptr.dtype.element_ty
+        ACC = tl.float64 if ACC_F64 else tl.float32
+        DOT_DT = tl.float32 if DOT_F32 else IN_DT
+        if ACC_F64:
+            scale = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
+        else:
+            scale = scale_hi
         bm = _bias_mask_tile(bias_ptr, mask_ptr, h, m, rows[:, None], cols[None, :], N, sbh, sbi, sbj, smw, smi,
                              smj, BLOCK_M, BLOCK_N, HAS_BIAS, HAS_MASK, ACC)
         if COMPUTE_DBM:
@@ -199,13 +215,13 @@ if HAS_TRITON:
 
     @triton.jit
     def _wattn_bwd_cols_kernel(
-        q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, bias_ptr, mask_ptr, scale_ptr,
+        q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr, bias_ptr, mask_ptr, scale_hi, scale_lo,
         N, D, NW, WIN_PER_MASK, H,
         sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
         sbh, sbi, sbj, smw, smi, smj,
         WPB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        NKB: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr,
-        PRECISION: tl.constexpr, DOT_DT: tl.constexpr,
+        NKB: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, ACC_F64: tl.constexpr,
+        PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
     ):
         """dk, dv for key rows ``[kb·BLOCK_M, (kb+1)·BLOCK_M)`` (only used when N > 64), working on the transposed
         tile ``Sᵀ[key, query]`` with the LSE and Δ the row kernel stored:
@@ -224,8 +240,15 @@ if HAS_TRITON:
         key_ok = keys < N
         q_ok = qs < N
         d_ok = dd < D
-        scale = tl.load(scale_ptr)
+        # dtypes arrive as bool constexprs, not tl.dtype objects (user-defined Triton kernels captured by
+        # torch.compile / wrap_triton take plain constexprs); the scale as fp32 hi + lo (fp64: ~2^-48 relative).
         IN_DT = q_ptr.dtype.element_ty
+        ACC = tl.float64 if ACC_F64 else tl.float32
+        DOT_DT = tl.float32 if DOT_F32 else IN_DT
+        if ACC_F64:
+            scale = tl.cast(scale_hi, tl.float64) + tl.cast(scale_lo, tl.float64)
+        else:
+            scale = scale_hi
         bmt = _bias_mask_tile(bias_ptr, mask_ptr, h, m, qs[None, :], keys[:, None], N, sbh, sbi, sbj, smw, smi,
                               smj, BLOCK_M, BLOCK_N, HAS_BIAS, HAS_MASK, ACC)
         gs_n = D
@@ -328,15 +351,29 @@ def launch_config(B_: int, H: int, N: int, D: int, nW: int, windows_per_program:
                         num_stages_bwd=stages_bwd)
 
 
-def _dot_flags(dtype: torch.dtype) -> tuple[str, object, object]:
-    """(input_precision, dot operand dtype, accumulator dtype) for inputs of ``dtype``."""
+def fp32_precision(device: torch.device | str) -> str:
+    """``tl.dot`` input precision for fp32 operands on ``device``: ``"tf32"`` where PyTorch lets fp32 matmuls use
+    TF32 on CUDA (``torch.backends.cuda.matmul.allow_tf32``, i.e. ``torch.get_float32_matmul_precision() !=
+    "highest"``), so ``tf32`` benchmark rows compare like with like against eager/SDPA; ``"ieee"`` otherwise and
+    always on the CPU (the interpreter emulates no TF32). A cheap flag read, safe inside CUDA-graph capture."""
+    if torch.device(device).type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+# The fp32 input precision of the most recent fp32 launch ("tf32" / "ieee"; None before one), for reports.
+LAST_FP32_PRECISION: list[str] = []
+
+
+def _dot_flags(dtype: torch.dtype, device: torch.device | str) -> tuple[str, bool, bool]:
+    """(input_precision, DOT_F32: upcast operands to fp32 before tl.dot, ACC_F64) for inputs of ``dtype``."""
     upcast = dtype == torch.bfloat16 and interpret_enabled()  # the interpreter's bf16 tl.dot is wrong
-    precision = "ieee" if dtype in (torch.float32, torch.float64) or upcast else "tf32"
-    tl_dtypes = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
-                 torch.float64: tl.float64}
-    dot_dt = tl.float32 if upcast else tl_dtypes[dtype]
-    acc = tl.float64 if dtype == torch.float64 else tl.float32
-    return precision, dot_dt, acc
+    if dtype == torch.float32:
+        precision = fp32_precision(device)
+        LAST_FP32_PRECISION[:] = [precision]
+    else:
+        precision = "ieee" if dtype == torch.float64 or upcast else "tf32"  # ignored for fp16/bf16 operands
+    return precision, upcast, dtype == torch.float64
 
 
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -382,10 +419,14 @@ def _bm_args(bias: torch.Tensor | None, mask: torch.Tensor | None, q: torch.Tens
     return b, mk, bs, ms
 
 
-def _scale_tensor(scale: float, q: torch.Tensor) -> torch.Tensor:
-    # Passed by pointer: a Python float argument would be rounded to fp32, which fp64 checks would notice.
-    return torch.full((1,), scale, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-                      device=q.device)
+def _split_scale(scale: float) -> tuple[float, float]:
+    """``scale = hi + lo`` with both fp32 (Triton passes Python floats as fp32): no tensor per call."""
+    hi = _f32(scale)
+    return hi, _f32(scale - hi)
+
+
+def _f32(v: float) -> float:
+    return struct.unpack("f", struct.pack("f", v))[0]
 
 
 def window_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -401,15 +442,16 @@ def window_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias
     o = empty_output((B_, N, H, D), q.dtype, q.device).permute(0, 2, 1, 3)
     if q.numel() == 0:
         return o
-    precision, dot_dt, acc = _dot_flags(q.dtype)
+    precision, dot_f32, acc_f64 = _dot_flags(q.dtype, q.device)
     bptr, mptr, bs, ms = _bm_args(bias, mask, q)
     grid = (nW * math.ceil(B_ // nW / cfg.WPB), H * cfg.NQB)
-    _wattn_fwd_kernel[grid](
-        q, k, v, o, bptr, mptr, _scale_tensor(scale, q),
+    traceable(_wattn_fwd_kernel)[grid](
+        q, k, v, o, bptr, mptr, *_split_scale(scale),
         N, D, nW, B_ // nW,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *bs, *ms,
         WPB=cfg.WPB, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=cfg.BLOCK_D, NQB=cfg.NQB,
-        HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACC=acc, PRECISION=precision, DOT_DT=dot_dt,
+        HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACC_F64=acc_f64, PRECISION=precision,
+        DOT_F32=dot_f32,
         num_warps=cfg.num_warps_fwd, num_stages=2,
     )
     return o
@@ -441,21 +483,21 @@ def window_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: 
     lse = empty_output((B_, H, N) if multi else (1,), acc_dtype, q.device)
     delta = empty_output((B_, H, N) if multi else (1,), acc_dtype, q.device)
     if q.numel() > 0:
-        precision, dot_dt, acc = _dot_flags(q.dtype)
+        precision, dot_f32, acc_f64 = _dot_flags(q.dtype, q.device)
         bptr, mptr, bs, ms = _bm_args(bias, mask, q)
-        scale_t = _scale_tensor(scale, q)
+        scale_hl = _split_scale(scale)
         common = dict(WPB=cfg.WPB, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_D=cfg.BLOCK_D,
-                      HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACC=acc, PRECISION=precision,
-                      DOT_DT=dot_dt, num_warps=cfg.num_warps_bwd, num_stages=cfg.num_stages_bwd)
+                      HAS_BIAS=bias is not None, HAS_MASK=mask is not None, ACC_F64=acc_f64, PRECISION=precision,
+                      DOT_F32=dot_f32, num_warps=cfg.num_warps_bwd, num_stages=cfg.num_stages_bwd)
         strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride(), *bs, *ms)
         grid = (nW * n_groups, H * cfg.NQB)
-        _wattn_bwd_rows_kernel[grid](
-            q, k, v, do, dq, dk, dv, part, lse, delta, bptr, mptr, scale_t, N, D, nW, B_ // nW, H, *strides,
+        traceable(_wattn_bwd_rows_kernel)[grid](
+            q, k, v, do, dq, dk, dv, part, lse, delta, bptr, mptr, *scale_hl, N, D, nW, B_ // nW, H, *strides,
             NQB=cfg.NQB, COMPUTE_DBM=compute_dbm, **common,
         )
         if multi:
-            _wattn_bwd_cols_kernel[grid](
-                q, k, v, do, dk, dv, lse, delta, bptr, mptr, scale_t, N, D, nW, B_ // nW, H, *strides,
+            traceable(_wattn_bwd_cols_kernel)[grid](
+                q, k, v, do, dk, dv, lse, delta, bptr, mptr, *scale_hl, N, D, nW, B_ // nW, H, *strides,
                 NKB=cfg.NQB, **common,
             )
     dbias = dmask = None

@@ -1,4 +1,5 @@
-"""Public API of the window-attention kernel: the autograd Function, the dispatching function and a module.
+"""Public API of the window-attention kernel: the dispatching function (over the ``visionbench::window_attention``
+operator, :mod:`.ops`) and a module.
 
     >>> out = window_attention(q, k, v, bias, mask)   # [B_, H, N, D] -> [B_, H, N, D]
 
@@ -8,36 +9,15 @@ otherwise, or for windows the kernel does not cover (N > 256 or D > 128), the Py
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 
 from .._triton import HAS_TRITON, dispatch_path
-from .kernel import MAX_D, MAX_N, window_attention_bwd, window_attention_fwd
+from .kernel import MAX_D, MAX_N
+from .ops import window_attention_op
 from .reference import window_attention_reference
 
-__all__ = ["WindowAttentionFunction", "window_attention", "window_attention_triton", "FusedWindowAttention"]
-
-
-class WindowAttentionFunction(torch.autograd.Function):
-    """Autograd over the Triton launchers; gradients for q, k, v, bias and (if it requires grad) mask."""
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                mask: torch.Tensor | None, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(q, k, v, bias, mask)
-        ctx.scale = scale
-        return window_attention_fwd(q, k, v, bias, mask, scale)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, bias, mask = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dq, dk, dv, dbias, dmask = window_attention_bwd(grad_out, q, k, v, bias, mask, ctx.scale,
-                                                        need_dbias=need[3], need_dmask=need[4])
-        return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None, dbias, dmask, None)
+__all__ = ["window_attention", "window_attention_triton", "FusedWindowAttention"]
 
 
 def _resolve_scale(q: torch.Tensor, scale: float | None) -> float:
@@ -75,7 +55,7 @@ def window_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
     if bias is not None and q.dim() == 4:
         shared = _kernel_bias(bias, q)
         bias = shared if shared is not None else bias  # else the kernel's check names the shape it needs
-    return WindowAttentionFunction.apply(q, k, v, bias, mask, _resolve_scale(q, scale))
+    return window_attention_op(q, k, v, bias, mask, _resolve_scale(q, scale))
 
 
 def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
@@ -100,7 +80,7 @@ def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     if dispatch_path(q.device) != "reference" and _kernel_covers(q, k, v):
         shared = _kernel_bias(bias, q) if bias is not None else None
         if bias is None or shared is not None:
-            return WindowAttentionFunction.apply(q, k, v, shared, mask, _resolve_scale(q, scale))
+            return window_attention_op(q, k, v, shared, mask, _resolve_scale(q, scale))
     return window_attention_reference(q, k, v, bias, mask, scale)
 
 

@@ -19,7 +19,10 @@ def test_dry_run_lists_every_model_and_checks_imports(capsys: pytest.CaptureFixt
     configs = model_configs()
     names = {c.model for c in configs}
     assert names == {n for n in models.list_models() if models.get_spec(n).family != "fake"}
-    assert {c.backend for c in configs} == {"eager", "triton", "compile"}
+    assert {c.backend for c in configs} == {"eager", "triton", "compile", "compile-triton"}
+    assert {c.model for c in configs if c.backend == "compile-triton"} == {"swin_t", "efficientnet_b0",
+                                                                           "fasterrcnn_resnet50_fpn"}
+    assert all(c.kernels == "all" for c in configs if c.backend == "compile-triton")
     assert all(c.device == "cuda" for c in configs)
     # Triton-backend configs only for models that contain a kernel hot path.
     assert all(models.get_spec(c.model).hot_paths for c in configs if c.backend == "triton")

@@ -349,12 +349,12 @@ def test_dispatch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     assert dispatch_path(x.device) == "triton-interpret"
     with count_triton_launches() as launches:
         out = kernels.roi_align(x.requires_grad_(), rois, 2, 1.0, 2)
-    assert launches[0] == 1 and "RoIAlignFunction" in type(out.grad_fn).__name__
+    assert launches[0] == 1 and "visionbench_roi_align" in type(out.grad_fn).__name__
     monkeypatch.setattr(OP, "dispatch_path", lambda device: "reference")
     with count_triton_launches() as launches:
         ref = kernels.roi_align(x, rois, 2, 1.0, 2)
         ref_ml = roi_align_multilevel([x], rois, [1.0], torch.zeros(1, dtype=torch.int64), 2, 2, False)
-    assert launches[0] == 0 and "RoIAlignFunction" not in type(ref.grad_fn).__name__
+    assert launches[0] == 0 and "visionbench_roi_align" not in type(ref.grad_fn).__name__
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(ref_ml, ref)
     with pytest.raises(RuntimeError, match="cannot run"):

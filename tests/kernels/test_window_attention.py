@@ -226,7 +226,7 @@ def test_dispatch_paths(monkeypatch: pytest.MonkeyPatch) -> None:
         out = window_attention(*args)
     assert n[0] == 1 and out.grad_fn is None
     x = [a.requires_grad_() if a is not None else a for a in _inputs(2, 1, 16, 16, 2, torch.float32, seed=11)]
-    assert type(window_attention(*x).grad_fn).__name__ == "WindowAttentionFunctionBackward"
+    assert "visionbench_window_attention_default" in type(window_attention(*x).grad_fn).__name__
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert dispatch_path("cpu") == "reference"

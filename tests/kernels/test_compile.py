@@ -1,0 +1,97 @@
+"""Our kernels inside ``torch.compile``: no graph breaks from them, and compiled results equal to eager.
+
+Backend ``aot_eager`` on the CPU: Dynamo captures the graph and AOTAutograd traces forward and backward through
+the ``visionbench::`` ops' fake kernels and registered autograd (the part Inductor relies on); the ops then run
+their CPU kernels (the Triton interpreter under ``TRITON_INTERPRET=1``). ``fullgraph=True`` makes any graph break
+an error, and a counting backend checks that exactly one graph was compiled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import kernels
+import models
+from kernels.depthwise_conv import TEST_SHAPES as DW_SHAPES
+from kernels.depthwise_conv import make_inputs as dw_inputs
+from kernels.registry import patch_model
+from kernels.roi_align import TEST_SHAPES as RA_SHAPES
+from kernels.roi_align import make_inputs as ra_inputs
+from kernels.window_attention import TEST_SHAPES as WA_SHAPES
+from kernels.window_attention import make_inputs as wa_inputs
+
+pytestmark = pytest.mark.triton
+ROI_ALIGN_DIR = str(Path(kernels.__file__).parent / "roi_align")
+
+
+def _compiled(fn):  # noqa: ANN001, ANN202
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    return torch.compile(fn, backend=counter, fullgraph=True), counter
+
+
+def _fwd_bwd(fn, args: list, kwargs: dict, grad_idx: tuple[int, ...]):  # noqa: ANN001, ANN202
+    leaves = [a.detach().clone().requires_grad_(i in grad_idx) if isinstance(a, torch.Tensor) else a
+              for i, a in enumerate(args)]
+    out = fn(*leaves, **kwargs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    out.backward(g)
+    return out.detach(), [leaves[i].grad for i in grad_idx]
+
+
+@pytest.mark.parametrize("name", ["window_attention", "depthwise_conv2d", "roi_align"])
+def test_public_function_compiles_fullgraph_fwd_bwd(name: str) -> None:
+    if name == "window_attention":
+        ki = wa_inputs(WA_SHAPES["n16_nw1"], torch.float32, "cpu", 0)
+    elif name == "depthwise_conv2d":
+        ki = dw_inputs(DW_SHAPES["b0_s3b_c17_k5s1_nhwc_bias"], torch.float32, "cpu", 0)
+    else:
+        ki = ra_inputs(RA_SHAPES["c3_sr2_unaligned"], torch.float32, "cpu", 0)
+    fn = getattr(kernels, name)
+    compiled, counter = _compiled(fn)
+    out, grads = _fwd_bwd(compiled, list(ki.args), dict(ki.kwargs), ki.grad_args)
+    ref, ref_grads = _fwd_bwd(fn, list(ki.args), dict(ki.kwargs), ki.grad_args)
+    assert counter.frame_count == 1  # one graph, no break (fullgraph would have raised)
+    assert out.stride() == ref.stride()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)  # the same CPU kernel runs in both
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["swin_t", "efficientnet_b0"])
+def test_models_with_our_kernels_compile_without_graph_breaks(model_name: str) -> None:
+    spec = models.get_spec(model_name)
+    torch.manual_seed(0)
+    model = spec.builder().eval()
+    switched = patch_model(model, None)
+    assert sum(switched.values()) > 0
+    batch = spec.make_batch(1, (spec.input_shape[0], 32, 32), device=torch.device("cpu"))
+    compiled, counter = _compiled(model)
+    with torch.no_grad():
+        out = spec.forward(compiled, batch)
+        ref = spec.forward(model, batch)
+    assert counter.frame_count == 1
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fasterrcnn_graph_breaks_are_not_roi_align() -> None:
+    """Detection's data-dependent steps (proposal filtering, NMS, per-image loops) may break the graph; our ROI
+    Align (single- and multi-level ops) must cause none. Lists the breaks in the failure message."""
+    spec = models.get_spec("fasterrcnn_resnet50_fpn")
+    torch.manual_seed(0)
+    model = spec.builder().eval()
+    assert patch_model(model, ["roi_align"])["roi_align"] > 0
+    batch = spec.make_batch(1, (spec.input_shape[0], 64, 64), device=torch.device("cpu"))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda: spec.forward(model, batch))()
+    reasons = [(r.reason.splitlines()[0][:160], [f"{f.filename}:{f.lineno}" for f in r.user_stack])
+               for r in explained.break_reasons]
+    ours = [r for r in reasons if any(ROI_ALIGN_DIR in f for f in r[1])]
+    assert not ours, ours
+    assert explained.graph_count >= 1, reasons
