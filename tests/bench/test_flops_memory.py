@@ -116,4 +116,5 @@ def test_unknown_heavy_op_is_reported() -> None:
     x = torch.randn(1, 2, 8, 8)
     boxes = torch.tensor([[0.0, 1.0, 1.0, 6.0, 6.0]])
     fc = count_flops(lambda x: torchvision.ops.roi_align(x, boxes, 2), x, fvcore=False)
-    assert fc.unsupported == ["torch:torchvision.roi_align x1".replace(" ", "")]
+    (gap,) = fc.unsupported  # named, counted once, and said to be left out of the total
+    assert gap.startswith("torch:torchvision.roi_alignx1") and "not counted" in gap
