@@ -133,6 +133,16 @@ def probe_support(cfg: Config, allow_slow_fallback: bool = False) -> str:
     return note
 
 
+def unsupported_row(cfg: Config, opts: RunOptions) -> dict[str, Any] | None:
+    """The ``unsupported`` row :func:`measure` would write for ``cfg`` when :func:`probe_support` rejects it (no model
+    built, nothing timed); None when the config would be measured. Probes are cached, so this is cheap."""
+    try:
+        probe_support(cfg, opts.allow_slow_fallback)
+    except Unsupported as e:
+        return {**cfg.as_dict(), "status": "unsupported", "error": _first_line(e), "threads": torch.get_num_threads()}
+    return None
+
+
 @contextlib.contextmanager
 def precision(cfg: Config) -> Iterator[None]:
     """bf16/fp16 via autocast (the ``-pure`` modes are cast in :func:`build_step` instead); tf32 via the matmul

@@ -23,7 +23,7 @@ from .config import Config, key_of_row
 from .env import collect_env, env_columns
 from .io import BadInputError, RowWriter, append_jsonl, drop_torn_tail, read_results, row_line
 from .repeats import REP, done_units, schedule
-from .runner import RESULT_COLUMNS, RunOptions, measure
+from .runner import RESULT_COLUMNS, RunOptions, measure, unsupported_row
 
 __all__ = ["run_sweep", "completed_keys", "FAILED_STATUSES", "measure_isolated", "open_run_dir", "record_row"]
 
@@ -97,7 +97,9 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
 
     ``deadline`` (a ``time.monotonic()`` value): start no config after it; the configs left are listed in
     ``DIR/skipped.txt`` (and ``--resume`` measures them later). ``budget_s`` (``run --budget-s``): the same, counted
-    from the first config's start, which always runs. ``sweep_configs``/``shard``: with ``--shard I/N``,
+    from the first config's start, which always runs. Past the deadline, a config that a capability probe rejects
+    (:func:`bench.runner.unsupported_row`: no device, a CPU dtype that takes a fallback path) still gets its
+    ``unsupported`` row, which costs no measurement. ``sweep_configs``/``shard``: with ``--shard I/N``,
     the whole sweep and the slice spec, recorded in ``sweep.json`` for ``merge``.
     """
     opts = opts or RunOptions()
@@ -120,16 +122,30 @@ def run_sweep(configs: Sequence[Config], out_dir: str | Path, opts: RunOptions |
             budget_end = time.monotonic() + budget_s
             deadline = budget_end if deadline is None else min(deadline, budget_end)
         for i, (cfg, rep) in enumerate(todo):
-            if deadline is not None and time.monotonic() > deadline and (i > 0 or budget_s <= 0):
-                (out / "skipped.txt").write_text("".join(label(c, r) + "\n" for c, r in todo[i:]))
+            over = deadline is not None and time.monotonic() > deadline and (i > 0 or budget_s <= 0)
+            decided = unsupported_row(cfg, opts) if over else None
+            if over and decided is None:  # only what a probe rejects without measuring still gets its row
+                left = [(c, r) for c, r in todo[i:] if unsupported_row(c, opts) is None]
+                (out / "skipped.txt").write_text("".join(label(c, r) + "\n" for c, r in left))
+                for c, r in todo[i:]:
+                    if (c, r) not in left:
+                        _record(out, writer, env, rows, bar, c, r, unsupported_row(c, opts) or {}, [])
                 break
             bar.start(label(cfg, rep))
+            if decided is not None:
+                _record(out, writer, env, rows, bar, cfg, rep, decided, [])
+                continue
             row, samples = measure_fn(cfg, opts)
-            row = {**env_columns(env, cfg.device), **row}  # facts measured with the row (threads) win
-            record_row(out, writer, cfg, row, samples, rep=rep)
-            rows.append(row)
-            bar.advance(row)
+            _record(out, writer, env, rows, bar, cfg, rep, row, samples)
     return rows
+
+
+def _record(out: Path, writer: RowWriter, env: dict[str, Any], rows: list[dict[str, Any]], bar: Any, cfg: Config,
+            rep: int, row: dict[str, Any], samples: list[float]) -> None:
+    row = {**env_columns(env, cfg.device), **row}  # facts measured with the row (threads) win
+    record_row(out, writer, cfg, row, samples, rep=rep)
+    rows.append(row)
+    bar.advance(row)
 
 
 def open_run_dir(configs: Sequence[Config], out: Path, *, resume: bool, argv: list[str] | None,
