@@ -93,9 +93,14 @@ def test_aot_and_preflight_counts(text: str) -> None:
 
 
 def test_quick_suite_counts(text: str) -> None:
-    m = find(text, r"eager inference: (\d+) configs, all `ok`")
+    m = find(text, r"eager inference: (\d+) configs: (\d+) `ok`, (\d+) `unsupported`\)")
     df = pd.read_csv(RESULTS / "cpu-quick" / "results.csv")
-    assert int(m[1]) == len(df) and (df.status == "ok").all()
+    assert (int(m[1]), int(m[2]), int(m[3])) == (len(df), int((df.status == "ok").sum()),
+                                                 int((df.status == "unsupported").sum()))
+    worst = float(find(text, r"every fp32 row `ok` and within\s+([\d.e-]+) of the float64 model")[1])
+    assert worst == float(f"{df[df.status == 'ok'].acc_rel_fro.max():.1e}")
+    isa = find(text, r"2-core AMD EPYC with \*\*(\w+)\*\* only")[1]
+    assert set(df.cpu_isa) == {isa}
 
 
 # --- compare examples -----------------------------------------------------------------------------------------------
