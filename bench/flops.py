@@ -125,20 +125,10 @@ class _LaunchRecorder:
         self._restore: list[tuple[type, Any]] = []
 
     def __enter__(self) -> _LaunchRecorder:
-        classes: list[type] = []
-        try:
-            from triton.runtime.jit import JITFunction
+        from kernels._triton import launch_classes
 
-            classes.append(JITFunction)
-            from triton.runtime.interpreter import InterpretedFunction
-
-            classes.append(InterpretedFunction)
-        except Exception:  # noqa: BLE001 - no Triton (or an older one): there is nothing to launch
-            pass
-        for cls in classes:
-            original = cls.__dict__.get("run")
-            if original is None:  # another Triton layout: launches go uncounted *and* unreported; say so in tests
-                continue
+        for cls in launch_classes():  # none without Triton: then nothing can launch
+            original = cls.__dict__["run"]
             self._restore.append((cls, original))
 
             def run(kernel: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:

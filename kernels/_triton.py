@@ -24,6 +24,24 @@ except Exception:  # pragma: no cover - exercised only on machines without trito
 PATHS = ("triton", "triton-interpret", "reference")
 
 
+def launch_classes() -> list[type]:
+    """Triton's function classes whose ``run`` launches a kernel (``JITFunction``; ``InterpretedFunction`` under the
+    interpreter), for code that wraps ``run`` to count or record launches. Empty without Triton; a class whose
+    ``run`` lives elsewhere in another Triton layout is left out (its launches would go unseen: callers' tests say so).
+    """
+    classes: list[type] = []
+    try:
+        from triton.runtime.jit import JITFunction
+
+        classes.append(JITFunction)
+        from triton.runtime.interpreter import InterpretedFunction
+
+        classes.append(InterpretedFunction)
+    except Exception:  # noqa: BLE001 - no Triton, or one without the interpreter: what was found is all there is
+        pass
+    return [c for c in classes if "run" in c.__dict__]
+
+
 def interpret_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0", "false", "False")
 

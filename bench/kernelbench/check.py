@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from kernels._triton import HAS_TRITON, dispatch_path, poison_outputs
+from kernels._triton import HAS_TRITON, dispatch_path, launch_classes, poison_outputs
 from kernels.registry import KernelInputs, KernelSpec
 from kernels.testing import ErrorStats, error_stats, passes, tolerance
 
@@ -108,19 +108,6 @@ _ACTIVE: list[list[int]] = []  # one running count per open count_triton_launche
 _PATCHED: dict[type, Callable[..., Any]] = {}
 
 
-def _launch_classes() -> list[type]:
-    from triton.runtime.jit import JITFunction
-
-    classes: list[type] = [JITFunction]
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        classes.append(InterpretedFunction)
-    except ImportError:  # pragma: no cover - a Triton without the interpreter
-        pass
-    return [c for c in classes if "run" in c.__dict__]
-
-
 def _counting(orig: Callable[..., Any]) -> Callable[..., Any]:
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("warmup", False):
@@ -144,7 +131,7 @@ def count_triton_launches() -> Iterator[list[int]]:
         return
     counter = [0]
     if not _ACTIVE:
-        for cls in _launch_classes():
+        for cls in launch_classes():
             _PATCHED[cls] = cls.__dict__["run"]
             cls.run = _counting(_PATCHED[cls])  # type: ignore[attr-defined]
     _ACTIVE.append(counter)
