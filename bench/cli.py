@@ -52,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--channels-last", nargs="*", default=None,
                    help="no value = true; or a list such as 'false true' to sweep both")
     r.add_argument("--input-size", type=int, help="square input side instead of each model's default")
+    r.add_argument("--compile-mode", nargs="+", dest="compile_modes",
+                   help="torch.compile modes for the compiled backends, swept: default reduce-overhead max-autotune "
+                        "max-autotune-no-cudagraphs (part of the config key)")
+    r.add_argument("--timer", nargs="+", dest="timers",
+                   help="timing regimes, swept: back-to-back (default: consecutive steps, events around short loops), "
+                        "flushed (L2 flushed before each call, do_bench), cudagraph (the warm step captured, replays "
+                        "timed); CUDA only except back-to-back")
+    r.add_argument("--compile-cache", choices=["cold", "warm"],
+                   help="cold (default): fresh Inductor/Triton cache dirs per compiled config, so compile_ms is a "
+                        "first compile; warm: the shared caches (a rerun hits them)")
+    r.add_argument("--no-cudnn-benchmark", action="store_true",
+                   help="turn cuDNN autotuning off on CUDA (on by default, as timm runs; recorded per row)")
     r.add_argument("--out", help="output directory (default results/<timestamp>-<suite>)")
     r.add_argument("--resume", action="store_true", help="skip configs already in OUT/results.csv")
     r.add_argument("--repeats", type=int, default=1, metavar="K",
@@ -152,6 +164,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], s
         input_size=args.input_size if args.input_size is not None else int(suite.get("input_size", 0)),
         model_batch_sizes=None if args.batch_sizes else suite.get("model_batch_sizes"),
         model_input_size=suite.get("model_input_size"),
+        compile_modes=pick(args.compile_modes, "compile_modes", ["default"]),
+        timers=pick(args.timers, "timers", ["back-to-back"]),
     )
     return configs, suite, suite_name
 
@@ -194,6 +208,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         threads=args.threads, count_flops=not args.no_flops, check_accuracy=not args.no_accuracy,
         profile_dir=str(out / "traces") if args.profile else None,
         allow_slow_fallback=args.allow_slow_fallback, max_config_s=max_config_s,
+        compile_cache=args.compile_cache or str(suite.get("compile_cache", "cold")),
+        cudnn_benchmark=not args.no_cudnn_benchmark,
     )
     isolate = args.isolate if args.isolate is not None else bool(suite.get("isolate", False))
     ray_address = getattr(args, "ray", None)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .io import BadInputError
+from .timing import REGIMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,7 +21,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["Config", "DTYPES", "LOWP", "DEVICES", "MODES", "BACKENDS", "KERNEL_BACKENDS", "SUITES_FILE",
-           "load_suites", "expand", "KEY_FIELDS", "validate_choice", "cheapest_first"]
+           "load_suites", "expand", "KEY_FIELDS", "validate_choice", "cheapest_first", "COMPILE_MODES", "TIMERS",
+           "COMPILED_BACKENDS", "FILE_KEY_FIELDS"]
 
 # Precision names -> compute dtype (float32 with TF32 matmuls for "tf32").
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16,
@@ -36,16 +38,28 @@ BACKENDS = ("eager", "compile", "triton", "compile-triton")
 # Backends that switch our Triton kernels into the model ("compile-triton": the model, kernels switched in, under
 # torch.compile; the kernels are visionbench:: operators, so Inductor schedules them with the code around).
 KERNEL_BACKENDS = ("triton", "compile-triton")
+# Backends that run the model under torch.compile; their configs carry a ``compile_mode`` (torch.compile's ``mode``:
+# "reduce-overhead" adds CUDA graphs, "max-autotune" autotunes GEMM/conv templates and adds CUDA graphs).
+COMPILED_BACKENDS = ("compile", "compile-triton")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Timing regimes (bench.timing / bench.cuda_timing): back-to-back steps, flushed L2 per call, CUDA-graph replays.
+TIMERS = REGIMES
 SUITES_FILE = Path(__file__).with_name("suites.toml")
 
 # The columns that identify a config (resume, compare and merge match rows on them).
-KEY_FIELDS = ("model", "backend", "mode", "device", "dtype", "batch_size", "channels_last", "kernels", "input_size")
+KEY_FIELDS = ("model", "backend", "mode", "device", "dtype", "batch_size", "channels_last", "kernels", "input_size",
+              "compile_mode", "timer")
+# The key columns a results file must have; files written before the compile-mode and timer axes lack those two, and
+# their rows read as the defaults (the mode torch.compile ran then, and back-to-back, or flushed where the old timer
+# string says so).
+FILE_KEY_FIELDS = KEY_FIELDS[:-2]
 
 
 @dataclass(frozen=True, order=True)
 class Config:
     """One point of a sweep. ``kernels``: for the triton backend, ``"all"`` or one kernel name; else ``""``.
-    ``input_size``: square input side, 0 = the model's default."""
+    ``input_size``: square input side, 0 = the model's default. ``compile_mode``: torch.compile's mode for the
+    compiled backends (``""`` otherwise). ``timer``: the timing regime (one of :data:`TIMERS`)."""
 
     model: str
     backend: str
@@ -56,6 +70,8 @@ class Config:
     channels_last: bool = False
     kernels: str = ""
     input_size: int = 0
+    compile_mode: str = ""
+    timer: str = "back-to-back"
 
     def key(self) -> tuple[str, ...]:
         return tuple(_key_str(getattr(self, f)) for f in KEY_FIELDS)
@@ -77,13 +93,29 @@ class Config:
         kw["input_size"] = _as_int("input_size", kw.get("input_size") or 0, minimum=0)
         kw["channels_last"] = _as_bool(kw.get("channels_last", False))
         kw["kernels"] = str(kw.get("kernels") or "")
+        mode = str(kw.get("compile_mode") or "")
+        kw["compile_mode"] = mode or ("default" if kw["backend"] in COMPILED_BACKENDS else "")
+        kw["timer"] = _legacy_timer(kw.get("timer"))
         return cls(**kw)
 
     def label(self) -> str:
         extra = " cl" if self.channels_last else ""
         extra += f" k={self.kernels}" if self.kernels not in ("", "all") else ""
+        extra += f" {self.compile_mode}" if self.compile_mode not in ("", "default") else ""
+        extra += f" timer={self.timer}" if self.timer != "back-to-back" else ""
         size = f" {self.input_size}px" if self.input_size else ""
         return f"{self.model} {self.backend} {self.mode} {self.device} {self.dtype} b{self.batch_size}{size}{extra}"
+
+
+def _legacy_timer(v: Any) -> str:
+    """A regime name; files written before the axis existed hold the timer's description in ``timer``: a flushed
+    ``do_bench`` one reads as ``flushed``, anything else (the CPU's Timer, a CUDA event loop) as ``back-to-back``."""
+    v = "" if v is None else str(v)
+    if v in REGIMES:
+        return v
+    if not v or v == "nan":
+        return "back-to-back"
+    return "flushed" if "flush" in v.lower() else "back-to-back"
 
 
 def _as_int(name: str, v: Any, minimum: int) -> int:
@@ -166,6 +198,9 @@ _SUITE_TYPES: dict[str, tuple[Any, str]] = {
        for k in ("dtypes", "devices", "modes", "backends", "kernels")},
     "channels_last": (lambda v: _is_list(v, lambda x: isinstance(x, bool)), "a list of true/false"),
     "input_size": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "compile_modes": (lambda v: _is_list(v, lambda x: isinstance(x, str)), "a list of strings"),
+    "timers": (lambda v: _is_list(v, lambda x: isinstance(x, str)), "a list of strings"),
+    "compile_cache": (lambda v: v in ("cold", "warm"), '"cold" or "warm"'),
     "timeout_s": (_is_number, "a number of seconds >= 0"),
     "min_time_s": (_is_number, "a number of seconds >= 0"),
     "warmup_s": (_is_number, "a number of seconds >= 0"),
@@ -184,8 +219,10 @@ def expand(models: Iterable[str], batch_sizes: Iterable[int], dtypes: Iterable[s
            modes: Iterable[str], backends: Iterable[str], channels_last: Iterable[bool] = (False,),
            kernels: Iterable[str] = ("all",), input_size: int = 0,
            model_batch_sizes: dict[str, list[int]] | None = None,
-           model_input_size: dict[str, int] | None = None) -> list[Config]:
-    """Cartesian product of the axes, validated. ``kernels`` applies to the triton backend only."""
+           model_input_size: dict[str, int] | None = None, compile_modes: Iterable[str] = ("default",),
+           timers: Iterable[str] = ("back-to-back",)) -> list[Config]:
+    """Cartesian product of the axes, validated. ``kernels`` applies to the kernel backends only, ``compile_modes``
+    to the compiled backends only."""
     import models as model_registry
     from kernels.registry import list_kernels
 
@@ -204,6 +241,11 @@ def expand(models: Iterable[str], batch_sizes: Iterable[int], dtypes: Iterable[s
         validate_choice("backend", b, list(BACKENDS))
     for k in kernels:
         validate_choice("kernel", k, ["all", *list_kernels()])
+    compile_modes, timers = list(compile_modes), list(timers)
+    for cm in compile_modes:
+        validate_choice("compile mode", cm, list(COMPILE_MODES))
+    for t in timers:
+        validate_choice("timer", t, list(TIMERS))
     for b in batch_sizes:
         if not isinstance(b, int) or b <= 0:
             raise BadInputError(f"batch size must be a positive integer, got {b!r}")
@@ -214,9 +256,10 @@ def expand(models: Iterable[str], batch_sizes: Iterable[int], dtypes: Iterable[s
     per_model_size = model_input_size or {}
     for model, dev, mode, dt, be, cl in itertools.product(models, devices, modes, dtypes, backends, channels_last):
         size = input_size or per_model_size.get(model, 0)
-        for bs in per_model_bs.get(model, batch_sizes):
-            for k in (kernels if be in KERNEL_BACKENDS else [""]):
-                out.append(Config(model, be, mode, dev, dt, int(bs), bool(cl), k, size))
+        for bs, tm in itertools.product(per_model_bs.get(model, batch_sizes), timers):
+            for k, cm in itertools.product(kernels if be in KERNEL_BACKENDS else [""],
+                                           compile_modes if be in COMPILED_BACKENDS else [""]):
+                out.append(Config(model, be, mode, dev, dt, int(bs), bool(cl), k, size, cm, tm))
     return out
 
 
@@ -225,13 +268,14 @@ def expand(models: Iterable[str], batch_sizes: Iterable[int], dtypes: Iterable[s
 _COST_ORDER: dict[str, tuple[str, ...]] = {
     "mode": MODES, "backend": ("eager", "triton", "compile"),
     "dtype": ("fp32", "tf32", "bf16-pure", "fp16-pure", "bf16", "fp16"),
+    "compile_mode": ("", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"),
 }
 
 
 def _cost_key(c: Config) -> tuple[Any, ...]:
     rank = lambda axis, v: _COST_ORDER[axis].index(v) if v in _COST_ORDER[axis] else len(_COST_ORDER[axis])  # noqa: E731
     return (rank("mode", c.mode), c.batch_size, c.input_size, rank("dtype", c.dtype), rank("backend", c.backend),
-            c.channels_last, c.device, c.kernels)
+            rank("compile_mode", c.compile_mode), c.channels_last, c.device, c.kernels, c.timer)
 
 
 def cheapest_first(configs: Sequence[Config]) -> list[Config]:

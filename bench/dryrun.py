@@ -32,11 +32,13 @@ def check_imports(configs: Sequence[Config]) -> list[tuple[str, str]]:
 def dry_run(configs: Sequence[Config]) -> int:
     console = Console()
     t = Table(title=f"{len(configs)} configs (dry run: nothing measured)")
-    for col in ("#", "model", "backend", "mode", "device", "dtype", "batch", "input", "channels_last", "kernels"):
+    for col in ("#", "model", "backend", "mode", "device", "dtype", "batch", "input", "channels_last", "kernels",
+                "compile mode", "timer"):
         t.add_column(col)
     for i, c in enumerate(configs, 1):
         t.add_row(str(i), c.model, c.backend, c.mode, c.device, c.dtype, str(c.batch_size),
-                  str(c.input_size or "default"), str(c.channels_last), c.kernels or "—")
+                  str(c.input_size or "default"), str(c.channels_last), c.kernels or "—", c.compile_mode or "—",
+                  c.timer)
     console.print(t)
     problems = 0
     for mod, err in check_imports(configs):

@@ -1,18 +1,23 @@
 """Peak memory of one step.
 
-* CUDA: ``torch.cuda.reset_peak_memory_stats()`` right before the step, then ``max_memory_allocated()`` (and
-  ``max_memory_reserved()``) after it, minus nothing: the figure includes the model's weights and inputs already on
-  the device, which is what a user needs to know to size a batch.
+* CUDA: ``torch.cuda.empty_cache()`` (blocks cached from earlier work -- a timer's L2-flush buffer, a previous
+  config -- would otherwise stay in the reserved figure), then ``torch.cuda.reset_peak_memory_stats()`` right before
+  the step, then ``max_memory_allocated()`` (and ``max_memory_reserved()``) after it, minus nothing: the figure
+  includes the model's weights and inputs already on the device, which is what a user needs to know to size a batch.
 * CPU: PyTorch has no CPU allocator statistics, so we count it ourselves: a ``TorchDispatchMode`` sees every tensor
   an operator returns during the step, adds the bytes of each new storage when it appears and subtracts them when
   the storage is freed (a weakref finalizer). The peak of that running sum is the step's peak *additional* memory
   (activations, gradients, temporaries the operators return); weights and inputs that existed before are not counted.
   It grows linearly with batch size (tested). Scratch buffers that a kernel allocates and frees inside one operator
   are invisible to it.
+* CPU, beside it: :func:`rss_bytes` before and after the step gives ``rss_growth_mb``, the process' resident-set
+  growth (the allocator's caching, freed-but-kept pages and weights first touched included). The two are different
+  quantities on purpose: the tracker says what the step's tensors need, RSS what the process took from the OS.
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["MemoryStats", "measure_peak_memory", "CpuPeakTracker"]
+__all__ = ["MemoryStats", "measure_peak_memory", "CpuPeakTracker", "rss_bytes"]
 
 
 @dataclass
@@ -68,6 +73,7 @@ def measure_peak_memory(step: Callable[[], Any], device: torch.device) -> Memory
     """Run ``step()`` once and report its peak memory (see the module docstring for the method per device)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         step()
         torch.cuda.synchronize(device)
@@ -78,3 +84,12 @@ def measure_peak_memory(step: Callable[[], Any], device: torch.device) -> Memory
         result = step()
     del result
     return MemoryStats(tracker.peak / 2**20, None, "cpu-dispatch-storage-tracker")
+
+
+def rss_bytes() -> int | None:
+    """This process' resident set size now (Linux ``/proc/self/statm``); None where that file does not exist."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KEY_FIELDS, Config, key_of_row
+from .config import FILE_KEY_FIELDS, KEY_FIELDS, Config, key_of_row
 from .io import BadInputError, RowWriter, append_jsonl, read_jsonl, read_results
 from .repeats import rep_of
 from .runner import RESULT_COLUMNS
@@ -90,7 +90,7 @@ def _load(d: Path) -> _Run:
 def _read_tolerant(path: Path) -> Any:
     """``read_results``, but a torn last line (the shard was killed mid-write) is dropped instead of refused."""
     raw = path.read_bytes()
-    required = [*KEY_FIELDS, "status"]
+    required = [*FILE_KEY_FIELDS, "status"]
     if raw.endswith(b"\n") or not raw.strip():
         return read_results(path, required=required)
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import os
 import signal
 import traceback
 from collections.abc import Callable, Iterator
@@ -19,10 +20,10 @@ from typing import Any
 import torch
 
 from . import accuracy
-from .config import DTYPES, KERNEL_BACKENDS, LOWP, Config
+from .config import COMPILED_BACKENDS, DTYPES, KERNEL_BACKENDS, LOWP, Config
 from .flops import count_step_flops
 from .machine_state import MACHINE_COLUMNS, snapshot
-from .memory import measure_peak_memory
+from .memory import measure_peak_memory, rss_bytes
 from .timing import OverConfigBudget, time_fn
 
 __all__ = ["RunOptions", "measure", "RESULT_COLUMNS", "STATUSES", "ConfigTimeout", "classify_exception"]
@@ -31,15 +32,17 @@ STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "crashed", "inaccura
 
 RESULT_COLUMNS = [
     "model", "backend", "mode", "device", "dtype", "batch_size", "channels_last", "kernels", "input_size",
+    "compile_mode", "timer",  # torch.compile's mode (compiled backends), the timing regime (bench.timing.REGIMES)
     "rep",  # repetition id (run --repeats): a row per config and repetition, the config key unchanged
     "status", "error",
     "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "latency_ms_mean", "latency_ms_std", "n_samples",
-    "inner_loops", "noisy", "compile_ms", "warmup_ms", "throughput_per_s",
+    "inner_loops", "noisy", "compile_ms", "warmup_ms", "throughput_per_s", "timed_calls", "timed_ms",
     "gflops", "gmacs", "tflops_per_s", "params", "peak_mem_mb", "reserved_mem_mb", "mem_method",
-    "flops_counter_warnings", "precision_note", "kernel_path", "kernels_switched", "timer",
+    "flops_counter_warnings", "precision_note", "kernel_path", "kernels_switched", "timer_method",
     "device_name", "host", "torch_version", "triton_version", "torchvision_version", "cuda_version", "threads",
     "git_sha", "timestamp", "cpu_isa", "reduced_samples", *accuracy.ACCURACY_COLUMNS, *MACHINE_COLUMNS,
-    "dynamo_graphs", "graph_breaks",
+    "dynamo_graphs", "graph_breaks", "recompiles", "compile_cache", "cudnn_benchmark", "cudnn_deterministic",
+    "rss_growth_mb", "flops_device",
 ]
 
 
@@ -55,6 +58,8 @@ class RunOptions:
     allow_slow_fallback: bool = False  # measure a CPU low-precision config even where the probe sees a fallback path
     max_config_s: float = 0.0  # 0 = no cap; else fewer samples (>= 3, flagged) or `timeout` (see bench.timing)
     check_accuracy: bool = True  # compare the outputs with the float64 model after timing (bench.accuracy)
+    compile_cache: str = "cold"  # "cold": a fresh Inductor/Triton cache per compiled config; "warm": the shared ones
+    cudnn_benchmark: bool = True  # cuDNN autotuning on CUDA (as timm sets it); recorded per row
 
 
 class ConfigTimeout(Exception):
@@ -130,6 +135,14 @@ def probe_support(cfg: Config, allow_slow_fallback: bool = False) -> str:
 
         if not HAS_TRITON:
             raise Unsupported("triton is not installed")
+    if cfg.timer != "back-to-back" and cfg.device != "cuda":
+        raise Unsupported(f"the {cfg.timer} timer needs CUDA (an L2 flush / a CUDA graph); the CPU has back-to-back")
+    if cfg.timer == "cudagraph" and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
+        raise Unsupported(f"compile mode {cfg.compile_mode} already runs the model in CUDA graphs (time it "
+                          "back-to-back)")
+    if cfg.timer == "cudagraph" and cfg.mode == "train":
+        raise Unsupported("the cudagraph timer captures inference steps only (a train step's optimizer and "
+                          "gradient buffers are not made capture-safe here; use compile mode reduce-overhead)")
     return note
 
 
@@ -228,7 +241,9 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
         torch._dynamo.reset()
         facts["_graphs_before"] = _compiled_graphs()
         facts["_breaks_before"] = _graph_breaks()
-    run_model = torch.compile(model) if compiled else model
+    # torch.compile's own name for its default mode is None; the others are passed as named.
+    cmode = None if cfg.compile_mode in ("", "default") else cfg.compile_mode
+    run_model = torch.compile(model, mode=cmode) if compiled else model
     facts["precision_note"] = {"fp32": "fp32 (TF32 off)", "tf32": "fp32 weights, TF32 matmul/conv",
                                "fp16": "autocast fp16", "bf16": "autocast bf16",
                                "fp16-pure": "pure fp16: model and inputs cast",
@@ -264,28 +279,74 @@ def build_step(cfg: Config) -> tuple[Callable[[], Any], dict[str, Any]]:
 
 
 def flops_key(cfg: Config) -> tuple[Any, ...]:
-    """What a FLOP count depends on. Counts are always taken on the unpatched eager fp32 model, so backend, dtype,
-    kernels and memory format share one count; the device stays in the key because the count runs there."""
-    return (cfg.model, cfg.mode, cfg.batch_size, cfg.input_size, cfg.device)
+    """What a FLOP count depends on. Counts are always taken on the CPU, on the unpatched eager fp32 model with the
+    config's seeded batch, so device, backend, dtype, kernels, memory format, compile mode and timer share one."""
+    return (cfg.model, cfg.mode, cfg.batch_size, cfg.input_size)
 
 
-def _count(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
-    """FLOPs per sample on the eager fp32 model without our kernels (the same math every backend runs): ``triton``
-    counts its unpatched copy, because the counters cannot see inside a Triton launch; ``compile`` the unwrapped
-    model. Both are called without autocast."""
-    model = facts.pop("_unpatched", None)
-    if model is None:
-        model = facts["_model"]
+def count_config_flops(cfg: Config, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """FLOPs per sample of ``cfg``'s step, counted on the CPU: never on the benchmark device (it would spend its time
+    and memory before timing, and could turn a row near the memory limit into ``oom``). The eager fp32 model without
+    our kernels (the same math every backend runs; the counters cannot see inside a Triton launch), without autocast,
+    on the batch the config runs (``make_batch`` draws it on the CPU from seed 0 and only then moves it, so a
+    detector's data-dependent work is that of the config). A CPU fp32 eager/compile config counts its own model;
+    every other config builds a CPU copy from seed 0 (the same weights)."""
+    import models
+
+    facts = facts or {}
+    spec = models.get_spec(cfg.model)
+    model = facts.pop("_unpatched", None)  # the kernel backends' unpatched copy, still on the CPU
+    own = (cfg.device == "cpu" and model is None and facts.get("_model") is not None
+           and LOWP.get(cfg.dtype, ("", ""))[1] != "cast")
+    if own:
+        model, step, inputs = facts["_model"], facts["_eager_step"], facts["_batch"].inputs
     else:
-        model = model.to(torch.device(cfg.device))
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        if model is None:
+            model = _build(spec)
         model.train(cfg.mode == "train")
-    step = facts["_eager_step"]
-    fc = count_step_flops(lambda: step(model), model, facts["_batch"].inputs, backward=cfg.mode == "train")
+        shape = spec.input_shape if not cfg.input_size else (spec.input_shape[0], cfg.input_size, cfg.input_size)
+        batch = spec.make_batch(cfg.batch_size, shape, device="cpu")
+        inputs = batch.inputs
+        fwd = spec.forward if cfg.mode == "infer" else spec.loss
+        step = lambda m: fwd(m, batch)  # noqa: E731
+    fc = count_step_flops(lambda: step(model), model, inputs, backward=cfg.mode == "train")
     bs = cfg.batch_size
     return {"gflops": fc.flops / bs / 1e9, "gmacs": fc.macs / bs / 1e9 if fc.macs is not None else None,
-            "flops_counter_warnings": fc.warnings}
+            "flops_counter_warnings": fc.warnings, "flops_device": "cpu"}
+
+
+def _inductor_cache(cfg: Config, opts: RunOptions) -> tuple[contextlib.AbstractContextManager[Any], str]:
+    """The compile cache a config runs under, and what the row says of it. ``cold``: fresh Inductor and Triton cache
+    directories for the config (``torch._inductor.utils.fresh_cache``, which also clears the in-memory caches), so
+    ``compile_ms`` is what a first compile costs; ``warm``: the shared directories as they are (a rerun hits them)."""
+    if cfg.backend not in COMPILED_BACKENDS and cfg.backend not in KERNEL_BACKENDS:
+        return contextlib.nullcontext(), ""
+    if opts.compile_cache == "warm":
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        d = cache_dir()
+        state = "non-empty" if os.path.isdir(d) and os.listdir(d) else "empty"
+        return contextlib.nullcontext(), f"warm: shared caches ({d}, {state} before)"
+    import torch._inductor.utils as iu
+
+    fresh = getattr(iu, "fresh_cache", None) or iu.fresh_inductor_cache  # renamed in torch 2.8
+    return fresh(), "cold: fresh Inductor and Triton cache dirs"
+
+
+@contextlib.contextmanager
+def _cudnn(cfg: Config, opts: RunOptions) -> Iterator[dict[str, Any]]:
+    """cuDNN autotuning for a CUDA config (on by default, as timm sets it: the first call tries the algorithms, the
+    samples run the fastest); the flags the row ran with are recorded. CPU rows leave both columns empty."""
+    if cfg.device != "cuda":
+        yield {}
+        return
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = opts.cudnn_benchmark
+    try:
+        yield {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+               "cudnn_deterministic": torch.backends.cudnn.deterministic}
+    finally:
+        torch.backends.cudnn.benchmark = old
 
 
 def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple, dict[str, Any]] | None = None
@@ -300,7 +361,9 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
         torch.set_num_threads(opts.threads)
     row["threads"] = torch.get_num_threads()  # what this config ran with, not the process default
     try:
-        with time_limit(opts.timeout_s):
+        cache_ctx, row["compile_cache"] = _inductor_cache(cfg, opts)
+        with time_limit(opts.timeout_s), cache_ctx, _cudnn(cfg, opts) as cudnn_flags:
+            row.update(cudnn_flags)
             probe_note = probe_support(cfg, opts.allow_slow_fallback)
             step, facts = build_step(cfg)
             row.update({k: v for k, v in facts.items() if not k.startswith("_")})
@@ -311,7 +374,7 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
                 if flops_cache is not None and fkey in flops_cache:
                     row.update(flops_cache[fkey])
                 else:
-                    counted = _count(cfg, facts)
+                    counted = count_config_flops(cfg, facts)
                     row.update(counted)
                     if flops_cache is not None:
                         flops_cache[fkey] = counted
@@ -319,17 +382,29 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             device = torch.device(cfg.device)
             if opts.check_accuracy:
                 accuracy.prepare(cfg, facts)
+            after_first: dict[str, int] = {}
+
+            def read_counters() -> None:  # after the first call (the compile), before the timed ones
+                after_first["graphs"] = _compiled_graphs()
+
             t = time_fn(step, device, threads=torch.get_num_threads(), warmup_s=opts.warmup_s,
-                        min_time_s=opts.min_time_s, min_samples=opts.min_samples, max_s=opts.max_config_s)
+                        min_time_s=opts.min_time_s, min_samples=opts.min_samples, max_s=opts.max_config_s,
+                        regime=cfg.timer, after_first=read_counters)
             samples = t.samples_ms
             row.update(snapshot(cfg.device))  # clocks, load, ISA as the samples saw them (drift between runs)
             if facts.get("_graphs_before") is not None:  # compiled backends: what Dynamo made of the model
                 row["dynamo_graphs"] = _compiled_graphs() - facts["_graphs_before"]
                 row["graph_breaks"] = _graph_breaks() - facts["_breaks_before"]
+                # graphs compiled after the first call: a guard failed during warm-up or timing, and those samples
+                # include compile time or another graph's code
+                row["recompiles"] = _compiled_graphs() - after_first["graphs"]
             if facts.get("_graphs_before") is not None and row["dynamo_graphs"] == 0:
                 raise CompileFellBack("torch.compile compiled no graph for this config (dynamo ran the model "
                                       "eagerly); the timing would be eager's")
+            rss0 = rss_bytes()
             mem = measure_peak_memory(step, device)
+            if cfg.device == "cpu" and rss0 is not None:  # the process' resident set, allocator caching included
+                row["rss_growth_mb"] = ((rss_bytes() or rss0) - rss0) / 2**20
             if opts.profile_dir:
                 from .profile import profile_config
 
@@ -349,9 +424,10 @@ def measure(cfg: Config, opts: RunOptions | None = None, flops_cache: dict[tuple
             "status": "ok", "error": "", "latency_ms_p50": s["p50"], "latency_ms_p20": s["p20"],
             "latency_ms_p80": s["p80"], "latency_ms_mean": s["mean"], "latency_ms_std": s["std"],
             "n_samples": int(s["n"]), "inner_loops": t.inner_loops, "noisy": t.noisy, "compile_ms": t.first_call_ms,
-            "warmup_ms": t.warmup_ms, "throughput_per_s": cfg.batch_size / (s["p50"] / 1e3), "timer": t.method,
-            "peak_mem_mb": mem.peak_mb, "reserved_mem_mb": mem.reserved_mb, "mem_method": mem.method,
-            "reduced_samples": t.reduced,
+            "warmup_ms": t.warmup_ms, "throughput_per_s": cfg.batch_size / (t.per_call_ms / 1e3),
+            "timed_calls": t.calls, "timed_ms": t.total_ms,
+            "timer_method": t.method, "peak_mem_mb": mem.peak_mb, "reserved_mem_mb": mem.reserved_mb,
+            "mem_method": mem.method, "reduced_samples": t.reduced,
         })
         if row.get("profile_error"):  # measured fine; say the trace is missing and why
             row["error"] = f"profile failed: {row['profile_error']}"

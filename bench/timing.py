@@ -2,8 +2,13 @@
 
 * CPU: :class:`torch.utils.benchmark.Timer` with ``blocked_autorange`` and the thread count set explicitly (its
   default is 1 thread, which would silently measure something else).
-* CUDA: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every call) with ``return_mode="all"`` so every
-  sample is kept; without Triton, a CUDA-event loop.
+* CUDA: one of three named regimes (:mod:`bench.cuda_timing`): ``back-to-back`` (default: short loops of
+  consecutive steps between CUDA events, as timm and TorchBench time), ``flushed`` (``triton.testing.do_bench``: L2
+  flushed before every call, cold caches, launch overhead hidden) or ``cudagraph`` (the warm step captured once and
+  its replays timed back to back: no launch overhead).
+* CPU: only ``back-to-back`` exists (the Timer's blocks are consecutive calls); the other regimes raise.
+
+Throughput comes from the total: all timed calls over all timed time (``Timing.per_call_ms``), not from the median.
 
 The first call is timed on its own (``first_call_ms``: lazy init, cuDNN autotuning, torch.compile, Triton JIT);
 further warm-up calls run until ``warmup_s`` has passed. Neither enters the samples. The headline statistic is the
@@ -26,7 +31,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["Timing", "summarize", "time_fn", "NOISE_IQR", "OverConfigBudget", "MIN_REDUCED_SAMPLES"]
+from .cuda_timing import CudaApi, back_to_back, capture, flushed
+
+__all__ = ["Timing", "summarize", "time_fn", "NOISE_IQR", "OverConfigBudget", "MIN_REDUCED_SAMPLES", "REGIMES"]
+
+# The timing regimes (see bench.cuda_timing); a row's ``timer`` column names one.
+REGIMES = ("back-to-back", "flushed", "cudagraph")
 
 NOISE_IQR = 0.10
 # The fewest samples a capped config is measured with: three distinct order statistics for p20 / p50 / p80.
@@ -50,6 +60,14 @@ class Timing:
     inner_loops: int = 1
     stats: dict[str, float] = field(default_factory=dict)
     reduced: bool = False  # fewer samples than asked for, to fit ``max_s``
+    regime: str = "back-to-back"
+    total_ms: float = 0.0  # every timed call together (0: unknown, then per_call_ms falls back to the mean)
+    calls: int = 0
+
+    @property
+    def per_call_ms(self) -> float:
+        """All timed time over all timed calls: the throughput figure (batch / per_call_ms)."""
+        return self.total_ms / self.calls if self.calls else self.stats["mean"]
 
     @property
     def median_ms(self) -> float:
@@ -80,13 +98,10 @@ def summarize(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, threads: int | None = None,
-            warmup_s: float = 0.2, min_time_s: float = 1.0, min_samples: int = 5, max_s: float = 0.0) -> Timing:
+            warmup_s: float = 0.2, min_time_s: float = 1.0, min_samples: int = 5, max_s: float = 0.0,
+            regime: str = "back-to-back", api: CudaApi | None = None,
+            after_first: Callable[[], None] | None = None) -> Timing:
     """Time ``fn()`` (a zero-argument closure: all setup stays outside).
 
     Args:
@@ -96,12 +111,25 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
         min_time_s: minimum total measured time.
         min_samples: minimum number of samples, even if one call takes longer than ``min_time_s``.
         max_s: cap on the whole measurement (first call included); 0 = none. See the module docstring.
+        regime: one of :data:`REGIMES` (CUDA); the CPU has ``back-to-back`` only.
+        api: the CUDA calls (:class:`bench.cuda_timing.CudaApi`; tests pass a fake).
+        after_first: called once right after the first call (e.g. to read compile counters before timing).
     """
     device = torch.device(device)
+    if regime not in REGIMES:
+        raise ValueError(f"unknown timing regime {regime!r}; valid: {', '.join(REGIMES)}")
+    cuda = device.type == "cuda"
+    if not cuda and regime != "back-to-back":
+        raise ValueError(f"the {regime} regime needs CUDA; the CPU has back-to-back only")
+    if cuda and api is None:
+        api = CudaApi(device)
+    sync = api.sync if cuda and api is not None else (lambda: None)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync()
     first_ms = (time.perf_counter() - start) * 1e3
+    if after_first is not None:
+        after_first()
     if max_s > 0 and first_ms / 1e3 > max_s:
         raise OverConfigBudget(first_ms, max_s)
 
@@ -111,25 +139,38 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
     while n_warm < 2 or time.perf_counter() - t0 < warmup_s:
         t1 = time.perf_counter()
         fn()
-        _sync(device)
+        sync()
         est_ms = (time.perf_counter() - t1) * 1e3
         n_warm += 1
         # Under a cap, one warm-up call is enough once the next one would eat into the samples' share.
         if max_s > 0 and time.perf_counter() - start + (MIN_REDUCED_SAMPLES + 1) * est_ms / 1e3 > max_s:
             break
     warmup_ms = (time.perf_counter() - t0) * 1e3
+    note = ""
+    if regime == "cudagraph":  # the warm step, captured once; its replays are what is timed
+        assert api is not None
+        fn, capture_ms = capture(fn, api)
+        note = f" (graph replays; captured in {capture_ms:.0f} ms)"
     budget_s = max(min_time_s, min_samples * est_ms / 1e3 * 1.1)
     if max_s > 0:
         left_s = max_s - (time.perf_counter() - start)
         if budget_s > left_s:  # what is asked for does not fit: single calls, as many as fit, at least 3
             n = max(MIN_REDUCED_SAMPLES, min(min_samples, int(left_s / (est_ms / 1e3))))
-            samples = _single_calls(fn, device, n, threads)
-            method = f"{n} single calls, threads={torch.get_num_threads()} (reduced to fit --max-config-s {max_s:g})"
-            return Timing(samples, first_ms, warmup_ms, method, 1, summarize(samples), reduced=True)
+            samples = _single_calls(fn, sync, n, threads)
+            method = (f"{regime}{note}: {n} single calls, threads={torch.get_num_threads()} "
+                      f"(reduced to fit --max-config-s {max_s:g})")
+            return Timing(samples, first_ms, warmup_ms, method, 1, summarize(samples), reduced=True, regime=regime,
+                          total_ms=sum(samples), calls=n)
 
-    if device.type == "cuda":
-        samples, method = _time_cuda(fn, device, budget_s, min_samples)
-        loops = 1
+    if cuda:
+        assert api is not None
+        if regime == "flushed":
+            cs = flushed(fn, api, budget_s, min_samples)
+            api.release()
+        else:
+            cs = back_to_back(fn, api, budget_s, min_samples, est_ms, what=regime + note)
+        return Timing(cs.samples_ms, first_ms, warmup_ms, cs.method, cs.loops, summarize(cs.samples_ms),
+                      regime=regime, total_ms=cs.total_ms, calls=cs.calls)
     else:
         from torch.utils.benchmark import Timer
 
@@ -138,13 +179,15 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
         m = timer.blocked_autorange(min_run_time=budget_s)
         samples = [t * 1e3 for t in m.times]  # each is the mean of one block of number_per_run calls
         loops = m.number_per_run
+        total_ms, calls = sum(samples) * loops, len(samples) * loops
         while len(samples) < min_samples:  # a very long call: top up with single-call blocks
             samples += [t * 1e3 for t in timer.timeit(1).times]
-        method = f"torch.utils.benchmark.Timer.blocked_autorange(threads={nthreads})"
-    return Timing(samples, first_ms, warmup_ms, method, loops, summarize(samples))
+            total_ms, calls = total_ms + samples[-1], calls + 1
+        method = f"back-to-back: torch.utils.benchmark.Timer.blocked_autorange(threads={nthreads})"
+    return Timing(samples, first_ms, warmup_ms, method, loops, summarize(samples), total_ms=total_ms, calls=calls)
 
 
-def _single_calls(fn: Callable[[], Any], device: torch.device, n: int, threads: int | None) -> list[float]:
+def _single_calls(fn: Callable[[], Any], sync: Callable[[], None], n: int, threads: int | None) -> list[float]:
     """``n`` calls timed one by one (with the thread count set, as the Timer would)."""
     old = torch.get_num_threads()
     if threads is not None:
@@ -154,31 +197,9 @@ def _single_calls(fn: Callable[[], Any], device: torch.device, n: int, threads: 
         for _ in range(n):
             t0 = time.perf_counter()
             fn()
-            _sync(device)
+            sync()
             out.append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(old)
     return out
 
-
-def _time_cuda(fn: Callable[[], Any], device: torch.device, budget_s: float,
-               min_samples: int) -> tuple[list[float], str]:
-    try:
-        from triton.testing import do_bench
-
-        samples = do_bench(fn, warmup=1, rep=int(budget_s * 1e3), return_mode="all")
-        samples = [float(s) for s in samples]
-        if len(samples) >= min_samples:
-            return samples, "triton.testing.do_bench(cuda events, L2 flushed)"
-    except ImportError:  # no Triton: the CUDA-event loop below
-        pass
-    samples = []
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t0 = time.perf_counter()
-    while len(samples) < min_samples or time.perf_counter() - t0 < budget_s:
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    return samples, "cuda events"
