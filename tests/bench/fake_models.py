@@ -30,6 +30,9 @@ class _Behaviour(nn.Module):
             time.sleep(30)
         if self.action == "die":
             os._exit(17)
+        if self.action == "graph_break":  # a model torch.compile must split in two (its rows report it)
+            x = x * 2
+            torch._dynamo.graph_break()
         if self.action == "sleep":  # a known, tunable step time for A/B power checks (bench ab --head-env ...)
             time.sleep(float(os.environ.get("VISIONBENCH_FAKE_SLEEP_MS", "3")) / 1e3)
         return self.lin(x.flatten(1)[:, :8])
@@ -47,7 +50,7 @@ def _register(name: str, action: str) -> None:
 
 
 FAKES = {"fake_raise": "raise", "fake_oom": "oom", "fake_hang": "hang", "fake_die": "die", "fake_ok": "ok",
-         "fake_sleep": "sleep"}
+         "fake_sleep": "sleep", "fake_graph_break": "graph_break"}
 
 
 def register_all() -> None:

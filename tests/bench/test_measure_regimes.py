@@ -1,0 +1,146 @@
+"""Issue 19 on the CPU: compile modes and Dynamo statistics per row, cold vs warm compile time, FLOPs counted away
+from the benchmark device, cuDNN flags, the CUDA memory pass without cached blocks, the new config axes."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import fake_models  # noqa: F401  (registers the fake models)
+from bench import runner
+from bench.cli import main
+from bench.config import Config, expand
+from bench.io import read_results
+from bench.memory import measure_peak_memory
+from bench.runner import RunOptions, count_config_flops, flops_key, measure
+
+FAST = ["--min-time-s", "0.05", "--warmup-s", "0", "--no-progress", "--threads", "1"]
+
+
+def test_compile_modes_are_a_key_axis_of_the_compiled_backends_only() -> None:
+    cfgs = expand(["basic_cnn"], [1], ["fp32"], ["cpu"], ["infer"], ["eager", "compile"],
+                  compile_modes=["default", "max-autotune"], timers=["back-to-back"])
+    assert sorted((c.backend, c.compile_mode) for c in cfgs) == [
+        ("compile", "default"), ("compile", "max-autotune"), ("eager", "")]
+    assert len({c.key() for c in cfgs}) == 3 and "max-autotune" in cfgs[-1].label() + cfgs[-2].label()
+
+
+def test_rows_written_before_the_axes_read_as_their_defaults() -> None:
+    base = {"model": "resnet50", "backend": "compile", "mode": "infer", "device": "cuda", "dtype": "bf16",
+            "batch_size": "1"}
+    old_cuda = Config.from_dict({**base, "timer": "triton.testing.do_bench(cuda events, L2 flushed)"})
+    old_cpu = Config.from_dict({**base, "device": "cpu", "timer": "torch.utils.benchmark.Timer.blocked_autorange"})
+    assert (old_cuda.compile_mode, old_cuda.timer) == ("default", "flushed")
+    assert (old_cpu.timer, Config.from_dict({**base, "backend": "eager"}).compile_mode) == ("back-to-back", "")
+
+
+def test_bad_timer_or_compile_mode_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--models", "basic_cnn", "--timer", "cudagraphs", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did you mean 'cudagraph'" in err and "back-to-back, flushed, cudagraph" in err
+    assert main(["run", "--models", "basic_cnn", "--backends", "compile", "--compile-mode", "fast", "--dry-run"]) == 2
+    assert "valid: default, reduce-overhead, max-autotune" in capsys.readouterr().err
+
+
+def test_cuda_only_regimes_are_unsupported_rows_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc = main(["run", "--models", "fake_ok", "--timer", "back-to-back", "flushed", "cudagraph", "--out", str(out),
+               *FAST])
+    assert rc == 0
+    df = read_results(out / "results.csv").set_index("timer")
+    assert df.loc["back-to-back", "status"] == "ok"
+    for regime in ("flushed", "cudagraph"):
+        assert df.loc[regime, "status"] == "unsupported" and "needs CUDA" in df.loc[regime, "error"]
+
+
+def test_flops_are_counted_on_the_cpu_never_on_the_benchmark_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_cuda(*a: object, **k: object) -> None:
+        raise AssertionError("the FLOP count touched CUDA")
+
+    monkeypatch.setattr(torch.cuda, "_lazy_init", no_cuda)  # every CUDA tensor or context goes through it
+    cpu = Config("resnet18", "eager", "train", "cpu", "fp32", 2, input_size=32)
+    cuda = dataclasses.replace(cpu, device="cuda", dtype="bf16", backend="compile", compile_mode="max-autotune",
+                               timer="cudagraph")
+    a, b = count_config_flops(cpu), count_config_flops(cuda)
+    assert b["flops_device"] == "cpu" and a["gflops"] == b["gflops"] > 0
+    assert flops_key(cpu) == flops_key(cuda)
+
+
+def test_cudnn_autotuning_is_on_for_cuda_rows_and_recorded() -> None:
+    cuda = Config("resnet18", "eager", "infer", "cuda", "fp32", 1)
+    old = torch.backends.cudnn.benchmark
+    with runner._cudnn(cuda, RunOptions()) as flags:
+        assert torch.backends.cudnn.benchmark is True
+        assert flags == {"cudnn_benchmark": True, "cudnn_deterministic": torch.backends.cudnn.deterministic}
+    with runner._cudnn(cuda, RunOptions(cudnn_benchmark=False)) as flags:
+        assert torch.backends.cudnn.benchmark is False and flags["cudnn_benchmark"] is False
+    assert torch.backends.cudnn.benchmark is old
+    with runner._cudnn(dataclasses.replace(cuda, device="cpu"), RunOptions()) as flags:
+        assert flags == {}
+
+
+def test_cuda_peak_memory_excludes_blocks_cached_before_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake caching allocator: 256 MB freed but still reserved (a timer's flush buffer); the step allocates 10 MB.
+    The reserved peak must be the step's, not the cache's."""
+    mb = 2**20
+    st = {"alloc": 0, "cached": 256 * mb, "peak_alloc": 0, "peak_res": 0}
+    log: list[str] = []
+
+    def reserved() -> int:
+        return st["alloc"] + st["cached"]
+
+    def empty_cache() -> None:
+        log.append("empty_cache")
+        st["cached"] = 0
+
+    def reset(device: object = None) -> None:
+        log.append("reset")
+        st["peak_alloc"], st["peak_res"] = st["alloc"], reserved()
+
+    def step() -> None:
+        log.append("step")
+        st["alloc"] += 10 * mb
+        st["peak_alloc"], st["peak_res"] = max(st["peak_alloc"], st["alloc"]), max(st["peak_res"], reserved())
+        st["alloc"] -= 10 * mb
+        st["cached"] += 10 * mb
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: st["peak_alloc"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: st["peak_res"])
+    mem = measure_peak_memory(step, torch.device("cuda"))
+    assert log == ["sync", "empty_cache", "reset", "step", "sync"]
+    assert mem.peak_mb == 10 and mem.reserved_mb == 10
+
+
+def test_compile_modes_rows_with_dynamo_statistics_and_a_forced_graph_break(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc = main(["run", "--models", "basic_cnn", "fake_graph_break", "--backends", "compile", "--compile-mode",
+               "default", "max-autotune", "--input-size", "32", "--out", str(out), *FAST])
+    assert rc == 0
+    df = read_results(out / "results.csv")
+    assert set(df["status"]) == {"ok"} and len(df) == 4
+    for _, r in df.iterrows():
+        assert r["compile_cache"].startswith("cold") and int(r["recompiles"]) == 0
+        if r["model"] == "basic_cnn":
+            assert int(r["dynamo_graphs"]) == 1 and int(r["graph_breaks"]) == 0
+        else:  # the forced break: two graphs, one break, reported per row
+            assert int(r["dynamo_graphs"]) == 2 and int(r["graph_breaks"]) >= 1
+    assert set(df["compile_mode"]) == {"default", "max-autotune"}
+
+
+def test_cold_compile_costs_more_than_a_warm_cache_hit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cfg = Config("basic_cnn", "compile", "infer", "cpu", "fp32", 1, input_size=32, compile_mode="default")
+    opts = dict(min_time_s=0.02, warmup_s=0.0, count_flops=False, check_accuracy=False)
+    cold, _ = measure(cfg, RunOptions(compile_cache="cold", **opts))
+    measure(cfg, RunOptions(compile_cache="warm", **opts))  # fills the shared cache
+    warm, _ = measure(cfg, RunOptions(compile_cache="warm", **opts))
+    assert cold["status"] == warm["status"] == "ok"
+    assert cold["compile_cache"].startswith("cold") and warm["compile_cache"].startswith("warm")
+    assert "non-empty before" in warm["compile_cache"]
+    assert cold["compile_ms"] > warm["compile_ms"]
