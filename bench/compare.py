@@ -3,7 +3,8 @@
 BASE and NEW are run directories (``results.csv`` + ``samples.jsonl`` + ``env.json``, and/or the kernel bench's
 ``kernels.csv`` / ``kernels_check.csv``) or single CSV files. Rows are matched by their config key
 (:data:`bench.config.KEY_FIELDS`; kernels: :data:`KERNEL_KEY`; numerics: :data:`CHECK_KEY`); ``--match-ignore``
-drops fields from the key (e.g. ``backend`` to compare an eager run with a compile run). A config measured in several
+drops fields from the key (e.g. ``backend`` to compare an eager run with a compile run; ignoring ``backend`` also
+ignores ``compile_mode``, its sub-axis). A config measured in several
 repetitions (``run --repeats``, ``bench ab``) is one matched config with several runs. Per matched config:
 
 * ``ratio`` = median(NEW) / median(BASE) latency (> 1: NEW is slower) with an interval and a test
@@ -18,6 +19,9 @@ repetitions (``run --repeats``, ``bench ab``) is one matched config with several
 * status changes (ok → oom/error/timeout/crashed/unsupported/inaccurate is a
   regression), FLOP changes, peak-memory changes of at
   least ``--mem-threshold`` (growth is a regression), numerics pass → fail/error (a regression).
+* ``compile_ms`` (the first call: torch.compile, Triton JIT, cuDNN autotuning) changes of at least
+  ``--compile-threshold``, reported (``compile_ratio``) but not a regression; when the two rows ran with different
+  compile-cache states (``compile_cache``: cold vs warm) the note says the figures are not comparable instead.
 * an environment diff (device, versions, threads, CPU ISA, ...) with a warning when they differ, and a warning when
   the recorded machine state differs (CPU ISA, CPU/GPU clocks, GPU throttle reasons, load: :mod:`bench.machine_state`).
 
@@ -30,6 +34,7 @@ and exits 2. ``--fail-on-regression`` exits 1 when any config regressed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,12 +130,27 @@ def _compare_pair(kind: _Kind, bt: Table, nt: Table, kb: tuple[str, ...], kn: tu
             out["notes"].append(f"peak memory {mb:.0f} → {mn:.0f} MB ({pct(mn / mb)})")
             out["mem_growth"] = mn > mb
             out["regression"] = out["regression"] or mn > mb
+    if kind.compile and sb == sn == ok_status:
+        _compile_note(out, b, n, kind.compile, opts.compile_threshold)
     for side, r in (("base", b), ("new", n)):
         if str(r.get("noisy")).lower() == "true":
             out["notes"].append(f"{side} flagged noisy")
     if out["method"] and out["method"] not in (SAMPLE_LEVEL, RUN_LEVEL):
         out["notes"].append(out["method"])
     return out
+
+
+def _compile_note(out: dict[str, Any], b: dict[str, Any], n: dict[str, Any], col: str, threshold: float) -> None:
+    """Report a first-call (compile) time change, unless the two rows' compile caches differ in state."""
+    cb, cn = to_float(b.get(col)), to_float(n.get(col))
+    if not cb or cn is None:
+        return
+    out["compile_ratio"] = cn / cb
+    state = [str(r.get("compile_cache") or "").split(":")[0] for r in (b, n)]
+    if state[0] and state[1] and state[0] != state[1]:
+        out["notes"].append(f"{col} not comparable: compile cache {state[0]} → {state[1]}")
+    elif abs(cn / cb - 1) >= threshold:
+        out["notes"].append(f"{col} {cb:.0f} → {cn:.0f} ({pct(cn / cb)})")
 
 
 _ENV_FIELDS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
@@ -195,6 +215,9 @@ def compare_runs(base: Run, new: Run, opts: Options | None = None) -> Comparison
     for f in opts.match_ignore:
         if f not in valid:
             raise BadInputError(f"--match-ignore: unknown key field {f!r}; valid: {', '.join(valid)}")
+    if "backend" in opts.match_ignore and "compile_mode" not in opts.match_ignore:
+        # the compile mode is a sub-axis of the compiled backends: eager ("") pairs with compile ("default")
+        opts = dataclasses.replace(opts, match_ignore=(*opts.match_ignore, "compile_mode"))
     rows: list[dict[str, Any]] = []
     unmatched: list[dict[str, Any]] = []
     shared = [k for k in KINDS if k.name in base.tables and k.name in new.tables]
@@ -237,6 +260,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="minimum |ratio - 1| for a CPU config under 1 ms measured in one run per side, where drift "
                         f"between runs is not covered ({SINGLE_RUN_THRESHOLD})")
     p.add_argument("--mem-threshold", type=float, default=0.10, help="peak-memory change to flag (0.10)")
+    p.add_argument("--compile-threshold", type=float, default=0.25,
+                   help="compile_ms (first call) change to report, not a regression (0.25)")
     p.add_argument("--confidence", type=float, default=0.95, help="bootstrap interval / test level (0.95)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
@@ -264,7 +289,8 @@ def main(args: argparse.Namespace) -> int:
         raise BadInputError(f"--resamples must be at least 100, got {args.resamples}")
     opts = Options(args.threshold, args.mem_threshold, args.confidence, args.resamples, args.seed,
                    tuple(args.match_ignore), getattr(args, "fdr", True),
-                   getattr(args, "single_run_threshold", SINGLE_RUN_THRESHOLD), getattr(args, "pool_runs", False))
+                   getattr(args, "single_run_threshold", SINGLE_RUN_THRESHOLD), getattr(args, "pool_runs", False),
+                   getattr(args, "compile_threshold", 0.25))
     base, new = load_run(args.base), load_run(args.new)
     c = compare_runs(base, new, opts)
     text = {"md": render_markdown, "csv": render_csv, "json": render_json}[args.format](c)

@@ -47,6 +47,7 @@ class _Kind:
     samples_file: str = ""
     flops: str = ""  # work per call, compared exactly
     memory: str = ""
+    compile: str = ""  # first-call (compile) time, reported when it changes
 
 
 # Every key ends with the device name: a run that spans several GPU types (a Ray cluster, merged shards) holds one row
@@ -55,10 +56,11 @@ MODELS = _Kind("models", "results.csv", (*KEY_FIELDS, "device_name"),
                ("model", "backend", "mode", "device", "dtype", "batch_size", "status", "latency_ms_p50"),
                ("batch_size", "input_size", "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "n_samples",
                 "gflops", "peak_mem_mb", "threads"),
-               "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "ms", "samples.jsonl", "gflops", "peak_mem_mb")
+               "latency_ms_p50", "latency_ms_p20", "latency_ms_p80", "ms", "samples.jsonl", "gflops", "peak_mem_mb",
+               "compile_ms")
 KERNELS = _Kind("kernels", "kernels.csv", (*KERNEL_KEY, "device_name"), (*KERNEL_KEY, "status", "p50_us"),
                 ("p50_us", "p20_us", "p80_us", "n_samples", "flops", "bytes"),
-                "p50_us", "p20_us", "p80_us", "µs", "kernels_samples.jsonl", "flops")
+                "p50_us", "p20_us", "p80_us", "µs", "kernels_samples.jsonl", "flops", compile="compile_ms")
 CHECKS = _Kind("numerics", "kernels_check.csv", (*CHECK_KEY, "device_name"), (*CHECK_KEY, "status"),
                ("max_abs_err", "rel_fro_err"))
 KINDS = (MODELS, KERNELS, CHECKS)

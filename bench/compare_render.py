@@ -134,7 +134,7 @@ def render_markdown(c: Comparison) -> str:
 
 
 _CSV_COLUMNS = ["kind", "config", "verdict", "regression", "ratio", "ci_low", "ci_high", "p_value", "q_value",
-                "significant", "threshold", "spread", "reps_base", "reps_new",
+                "significant", "threshold", "spread", "reps_base", "reps_new", "compile_ratio",
                 "base_p50", "new_p50", "unit", "n_base", "n_new", "base_status", "new_status", "method", "notes",
                 "base_line", "new_line"]
 

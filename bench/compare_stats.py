@@ -44,6 +44,7 @@ class Options:
     fdr: bool = True  # Benjamini–Hochberg over the configs tested with samples
     single_run_threshold: float = SINGLE_RUN_THRESHOLD
     pool_runs: bool = False  # treat a config's repetitions as one run (per-sample statistics; for A/A studies)
+    compile_threshold: float = 0.25  # compile_ms change to report (first-call times vary more than steady state)
 
 
 def to_float(v: Any) -> float | None:

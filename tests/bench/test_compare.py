@@ -457,3 +457,19 @@ def test_runs_spanning_several_gpu_types_compare_device_by_device(tmp_path: Path
     # Pairing across devices is explicit; with duplicates per config it is refused as ambiguous.
     with pytest.raises(BadInputError, match="cannot pair"):
         compare_runs(load_run(a), load_run(b), Options(match_ignore=("device_name",)))
+
+
+def test_compile_time_changes_are_reported_and_cache_states_kept_apart(tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    slow, same, mixed = _cfg(backend="compile"), _cfg(batch=2, backend="compile"), _cfg(batch=4, backend="compile")
+    s = {c: lognormal(rng, 4.0, 0.02, 20) for c in (slow, same, mixed)}
+    cold = {"compile_cache": "cold: fresh Inductor and Triton cache dirs"}
+    a = write_run(tmp_path / "a", s, extra={slow: {"compile_ms": 8000.0, **cold}, same: {"compile_ms": 8000.0, **cold},
+                                           mixed: {"compile_ms": 8000.0, **cold}})
+    b = write_run(tmp_path / "b", s, extra={slow: {"compile_ms": 12000.0, **cold}, same: {"compile_ms": 8800.0, **cold},
+                                           mixed: {"compile_ms": 900.0, "compile_cache": "warm: shared caches"}})
+    by = {r["config"]: r for r in compare_runs(load_run(a), load_run(b)).rows}
+    assert "compile_ms 8000 → 12000 (+50.0%)" in by[slow.label()]["notes"]
+    assert by[slow.label()]["compile_ratio"] == pytest.approx(1.5) and not by[slow.label()]["regression"]
+    assert not any("compile_ms" in n for n in by[same.label()]["notes"])  # +10%: under --compile-threshold
+    assert "compile_ms not comparable: compile cache cold → warm" in by[mixed.label()]["notes"]
