@@ -11,9 +11,14 @@ Steps, all written under ``OUT_DIR`` and bounded by one wall-clock budget (defau
    kernels by (shape rank, dtype, direction) — every kernel's first real shape in bf16 forward, then backward, then
    the next dtype, before any kernel's second shape — and list the cases they had no time for in
    ``kernels_check_skipped.txt`` / ``kernels_bench_skipped.txt``.
-3. a model sweep -> ``results.csv``: every model at batch 1 and a throughput batch, fp32/tf32/bf16 eager; the
-   ``triton`` backend for models with a kernel hot path; ``torch.compile`` for a few representative models only (a
-   compile of every model would not fit the budget). Each config runs in its own worker process, as ``run --suite gpu``
+3. a model sweep -> ``results.csv``: every model at batch 1 and a throughput batch, fp32/tf32/bf16 eager, timed
+   back-to-back (consecutive steps, as timm and TorchBench time; :mod:`bench.cuda_timing`); the ``triton`` backend
+   for models with a kernel hot path; batch 1 of the classification and segmentation models also captured in a CUDA
+   graph (``timer=cudagraph``: the launch-overhead-free figure); bf16 ``channels_last`` for the conv nets;
+   ``torch.compile`` (modes ``default`` and ``reduce-overhead``) for four representative models only (a compile of
+   every model would not fit the budget), each compile timed from a cold Inductor/Triton cache; resnet50 also with the
+   L2 flushed before each step (``timer=flushed``, the cold-cache figure), beside its back-to-back and graph rows.
+   Each config runs in its own worker process, as ``run --suite gpu``
    does, so a segfault, a sticky CUDA error or a hung kernel ends that config (``crashed`` / ``timeout``), not the job.
    Configs are ordered by priority and the sweep stops starting new ones when the budget is spent; the ones skipped
    are listed in ``skipped.txt`` (never reported as measured).
@@ -46,34 +51,52 @@ CHECK_DTYPES = ("bf16", "fp16", "fp32")
 
 COMPILE_MODELS = ("resnet50", "efficientnet_b0", "vit_b_16", "swin_t")
 COMPILE_TRITON_MODELS = ("swin_t", "efficientnet_b0", "fasterrcnn_resnet50_fpn")
+# Convolutional families, measured in channels_last as well (cuDNN's NHWC kernels; ViT/Swin/MAE are matmul-bound).
+CONV_FAMILIES = ("basic_cnn", "resnet", "efficientnet", "unet", "deeplabv3plus", "yolov5", "simclr")
 THROUGHPUT_BATCH = {"fasterrcnn_resnet50_fpn": 4, "vit_l_16": 32, "mae_vit_l_16": 32, "unet": 8, "unet_transposed": 8,
                     "deeplabv3plus_resnet50": 8, "yolov5x": 16, "yolov5l": 16, "swin_b": 32}
 
 
 def model_configs() -> list:
-    """Model configs in priority order (eager fp32/bf16 first, then triton, tf32, compile)."""
+    """Model configs in priority order (eager bf16/fp32 first, then triton, CUDA-graph batch 1, resnet50 flushed,
+    channels_last, tf32, compile, compile-triton)."""
     import models
-    from bench.config import KERNEL_BACKENDS, Config
+    from bench.config import COMPILED_BACKENDS, KERNEL_BACKENDS, Config
 
-    names = [n for n in models.list_models() if models.get_spec(n).family != "fake"]
+    specs = {n: models.get_spec(n) for n in models.list_models() if models.get_spec(n).family != "fake"}
+    names = list(specs)
     out: list[Config] = []
 
-    def add(backend: str, dtypes: tuple[str, ...], only: tuple[str, ...] | None = None) -> None:
+    def add(backend: str, dtypes: tuple[str, ...], only: tuple[str, ...] | None = None, *,
+            batches: tuple[str, ...] = ("one", "throughput"), channels_last: bool = False,
+            compile_mode: str = "default", timer: str = "back-to-back") -> None:
         for dt in dtypes:
             for n in names:
                 if only is not None and n not in only:
                     continue
-                for bs in (1, THROUGHPUT_BATCH.get(n, 64)):
-                    out.append(Config(n, backend, "infer", "cuda", dt, bs, False,
-                                      "all" if backend in KERNEL_BACKENDS else ""))
+                sizes = {"one": 1, "throughput": THROUGHPUT_BATCH.get(n, 64)}
+                for b in batches:
+                    out.append(Config(n, backend, "infer", "cuda", dt, sizes[b], channels_last,
+                                      "all" if backend in KERNEL_BACKENDS else "", 0,
+                                      compile_mode if backend in COMPILED_BACKENDS else "", timer))
 
     add("eager", ("bf16", "fp32"))
-    hot = tuple(n for n in names if models.get_spec(n).hot_paths)
+    hot = tuple(n for n in names if specs[n].hot_paths)
     add("triton", ("bf16", "fp32"), hot)
+    add("eager", ("bf16",), CUDAGRAPH_MODELS(specs), batches=("one",), timer="cudagraph")
+    add("eager", ("bf16",), ("resnet50",), timer="flushed")  # resnet50: all three regimes side by side
+    add("eager", ("bf16",), tuple(n for n in names if specs[n].family in CONV_FAMILIES), channels_last=True)
     add("eager", ("tf32",))
     add("compile", ("bf16",), COMPILE_MODELS)
+    add("compile", ("bf16",), COMPILE_MODELS, compile_mode="reduce-overhead")
     add("compile-triton", ("bf16",), COMPILE_TRITON_MODELS)  # our kernels inside the compiled model
     return out
+
+
+def CUDAGRAPH_MODELS(specs: dict) -> tuple[str, ...]:  # noqa: N802 - a constant computed from the registry
+    """Models whose inference step can be captured in a CUDA graph: no data-dependent shapes (the detectors' NMS and
+    proposal sampling) and no host-side randomness (the self-supervised models' masks and augmentations)."""
+    return tuple(n for n, s in specs.items() if s.task in ("classification", "segmentation"))
 
 
 def _kernel_budgets(total_s: float) -> tuple[float, float]:

@@ -24,6 +24,18 @@ def test_dry_run_lists_every_model_and_checks_imports(capsys: pytest.CaptureFixt
                                                                            "fasterrcnn_resnet50_fpn"}
     assert all(c.kernels == "all" for c in configs if c.backend == "compile-triton")
     assert all(c.device == "cuda" for c in configs)
+    # The timing regimes: back-to-back everywhere, a CUDA-graph row for every capturable model at batch 1, resnet50
+    # also flushed; channels_last for the conv nets; compile in default and reduce-overhead modes.
+    graphs = {c.model for c in configs if c.timer == "cudagraph"}
+    assert {"resnet50", "vit_b_16", "swin_t", "unet"} <= graphs and "fasterrcnn_resnet50_fpn" not in graphs
+    assert all(c.batch_size == 1 for c in configs if c.timer == "cudagraph")
+    assert {(c.model, c.batch_size) for c in configs if c.timer == "flushed"} == {("resnet50", 1), ("resnet50", 64)}
+    cl = {c.model for c in configs if c.channels_last}
+    assert {"resnet50", "efficientnet_b0", "yolov5s", "unet"} <= cl and not cl & {"vit_b_16", "swin_t"}
+    modes = {(c.model, c.compile_mode) for c in configs if c.backend == "compile"}
+    assert modes == {(m, cm) for m in ("resnet50", "efficientnet_b0", "vit_b_16", "swin_t")
+                     for cm in ("default", "reduce-overhead")}
+    assert len({c.key() for c in configs}) == len(configs)
     # Triton-backend configs only for models that contain a kernel hot path.
     assert all(models.get_spec(c.model).hot_paths for c in configs if c.backend == "triton")
 

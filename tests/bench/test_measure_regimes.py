@@ -4,18 +4,28 @@ from the benchmark device, cuDNN flags, the CUDA memory pass without cached bloc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-import fake_models  # noqa: F401  (registers the fake models)
 from bench import runner
 from bench.cli import main
 from bench.config import Config, expand
 from bench.io import read_results
 from bench.memory import measure_peak_memory
 from bench.runner import RunOptions, count_config_flops, flops_key, measure
+
+import fake_models
+
+
+@pytest.fixture
+def fakes() -> Iterator[None]:
+    fake_models.register_all()
+    yield
+    fake_models.unregister_all()
+
 
 FAST = ["--min-time-s", "0.05", "--warmup-s", "0", "--no-progress", "--threads", "1"]
 
@@ -45,7 +55,7 @@ def test_bad_timer_or_compile_mode_is_one_line_and_exit_2(capsys: pytest.Capture
     assert "valid: default, reduce-overhead, max-autotune" in capsys.readouterr().err
 
 
-def test_cuda_only_regimes_are_unsupported_rows_on_the_cpu(tmp_path: Path) -> None:
+def test_cuda_only_regimes_are_unsupported_rows_on_the_cpu(tmp_path: Path, fakes: None) -> None:
     out = tmp_path / "run"
     rc = main(["run", "--models", "fake_ok", "--timer", "back-to-back", "flushed", "cudagraph", "--out", str(out),
                *FAST])
@@ -117,7 +127,7 @@ def test_cuda_peak_memory_excludes_blocks_cached_before_the_step(monkeypatch: py
     assert mem.peak_mb == 10 and mem.reserved_mb == 10
 
 
-def test_compile_modes_rows_with_dynamo_statistics_and_a_forced_graph_break(tmp_path: Path) -> None:
+def test_compile_modes_rows_with_dynamo_statistics_and_a_forced_graph_break(tmp_path: Path, fakes: None) -> None:
     out = tmp_path / "run"
     rc = main(["run", "--models", "basic_cnn", "fake_graph_break", "--backends", "compile", "--compile-mode",
                "default", "max-autotune", "--input-size", "32", "--out", str(out), *FAST])
