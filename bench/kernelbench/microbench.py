@@ -18,6 +18,10 @@ Timing, per provider:
   ``DIR/kernels_samples.jsonl``, which ``bench compare`` bootstraps).
 * ``warm_p50_us``: the same loop without the flush (inputs may sit in L2; the 50 MB L2 of an H100 holds many of the
   test-sized tensors). For a few-µs kernel both figures include the launch gap between the events.
+* ``graph_p50_us``: no launch gaps, cold L2: ``n`` (flush, call) pairs captured in one CUDA graph, minus a graph of
+  the ``n`` flushes alone, over ``n`` (:func:`bench.cuda_timing.graph_flushed_per_call`; tritonbench's cudagraph
+  mode with the cache cleared inside the graph). A provider that cannot be captured (a host sync, an allocation
+  pattern the capture refuses) leaves it empty and says why in ``graph_note``; its other figures stand.
 
 ``forward`` times ``fn(*args)`` with autograd off; ``backward`` times ``torch.autograd.grad(out, grad_args, g,
 retain_graph=True)`` on one recorded forward (so the forward is not in the figure). Derived columns: TFLOP/s from
@@ -46,6 +50,7 @@ from typing import Any
 
 import torch
 
+from bench.cuda_timing import CudaApi, graph_flushed_per_call
 from bench.timing import summarize
 from kernels._triton import dispatch_path
 from kernels.registry import KernelSpec
@@ -70,13 +75,15 @@ BUILTIN_PROVIDERS = ("triton", "eager", "compile")
 
 BENCH_COLUMNS = [
     "kernel", "shape", "dtype", "direction", "provider", "status", "message", "p50_us", "p20_us", "p80_us",
-    "warm_p50_us", "n_samples", "compile_ms", "launches", "flops", "bytes", "tflops", "gbps", "pct_peak_bw",
+    "warm_p50_us", "graph_p50_us", "graph_note", "n_samples", "compile_ms", "launches", "flops", "bytes", "tflops",
+    "gbps", "pct_peak_bw",
     "pct_peak_flops", "floor_us", "speedup_vs_eager", "speedup_vs_compile", "speedup_vs_best_peer", "best_peer",
     "peak_gbps", "peak_tflops", "copy_gbps", "peak_source", "path", "device", "shape_params", "timing",
     "max_abs_err", "rel_fro_err", "acc_tolerance",
 ]
 
-_TIMING = "do_bench(return_mode='all'): cuda events, L2 flushed per call; warm: events, no flush"
+_TIMING = ("do_bench(return_mode='all'): cuda events, L2 flushed per call; warm: events, no flush; graph: CUDA graph "
+           "of (flush, call) pairs minus a graph of the flushes")
 
 
 def provider_names(spec: KernelSpec) -> list[str]:
@@ -152,36 +159,54 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _warm_l2_ms(fn: Callable[[], Any], warmup_ms: float, rep_ms: float) -> list[float]:
+def _warm_l2_ms(fn: Callable[[], Any], warmup_ms: float, rep_ms: float, api: CudaApi) -> list[float]:
     """Per-call CUDA-event times without an L2 flush (the do_bench loop minus ``clear_cache``)."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start, end = api.event(), api.event()
     start.record()
     for _ in range(5):
         fn()
     end.record()
-    _sync()
+    api.sync()
     est = max(start.elapsed_time(end) / 5, 1e-4)
     for _ in range(max(1, int(warmup_ms / est))):
         fn()
     n = max(1, int(rep_ms / est))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    starts = [api.event() for _ in range(n)]
+    ends = [api.event() for _ in range(n)]
     for i in range(n):
         starts[i].record()
         fn()
         ends[i].record()
-    _sync()
+    api.sync()
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
-def _time(fn: Callable[[], Any], warmup_ms: float, rep_ms: float) -> dict[str, float]:
-    from triton.testing import do_bench
+GRAPH_MAX_CALLS = 200  # calls per captured graph: enough to amortize the replay launch, few enough to capture fast
 
+
+def _graph_us(fn: Callable[[], Any], est_ms: float, rep_ms: float, api: CudaApi) -> dict[str, Any]:
+    """``graph_p50_us`` (see the module docstring), or why it could not be measured."""
+    n = max(1, min(GRAPH_MAX_CALLS, int(rep_ms / max(est_ms, 1e-3))))
+    try:
+        per_call = graph_flushed_per_call(fn, api, n)
+    except Exception as e:  # noqa: BLE001 - a capture failure is a fact about the provider, not a failed row
+        return {"graph_p50_us": None, "graph_note": f"not capturable: {type(e).__name__}: {str(e).strip()[:160]}"}
+    return {"graph_p50_us": summarize(per_call)["p50"] * 1e3, "graph_note": f"{n} calls per graph"}
+
+
+def _time(fn: Callable[[], Any], warmup_ms: float, rep_ms: float, api: CudaApi | None = None,
+          do_bench: Callable[..., Any] | None = None) -> dict[str, Any]:
+    if do_bench is None:
+        from triton.testing import do_bench
+    api = api or CudaApi()
     cold_ms = [float(t) for t in do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")]
     cold = summarize(cold_ms)
-    warm = summarize(_warm_l2_ms(fn, warmup_ms, rep_ms))
+    warm = summarize(_warm_l2_ms(fn, warmup_ms, rep_ms, api))
+    graph = _graph_us(fn, warm["p50"], rep_ms, api)
+    api.release()
     return {"p50_us": cold["p50"] * 1e3, "p20_us": cold["p20"] * 1e3, "p80_us": cold["p80"] * 1e3,
-            "n_samples": int(cold["n"]), "warm_p50_us": warm["p50"] * 1e3, "samples_us": [t * 1e3 for t in cold_ms]}
+            "n_samples": int(cold["n"]), "warm_p50_us": warm["p50"] * 1e3, **graph,
+            "samples_us": [t * 1e3 for t in cold_ms]}
 
 
 def _provider_fn(spec: KernelSpec, provider: str) -> Callable[..., Any]:

@@ -8,73 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from fake_cuda import FakeApi
 
 from bench import cuda_timing as ct
+from bench.kernelbench import microbench
 from bench.timing import time_fn
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0  # ms of fake GPU time
-
-
-class _Event:
-    def __init__(self, clock: _Clock) -> None:
-        self.clock, self.t = clock, None
-
-    def record(self) -> None:
-        self.t = self.clock.now
-
-    def synchronize(self) -> None:
-        pass
-
-    def elapsed_time(self, other: _Event) -> float:
-        return other.t - self.t
-
-
-class FakeApi(ct.CudaApi):
-    """GPU time = ``call_ms`` per timed call + ``flush_ms`` per flush; a captured graph replays its calls with no
-    launch overhead, eager calls cost ``launch_ms`` more (what a graph saves)."""
-
-    def __init__(self, call_ms: float = 0.5, flush_ms: float = 0.2, launch_ms: float = 0.1) -> None:
-        super().__init__("cpu")
-        self.clock = _Clock()
-        self.call_ms, self.flush_ms, self.launch_ms = call_ms, flush_ms, launch_ms
-        self.flushes = 0
-        self.captures = 0
-        self.log: list[str] = []
-
-    def event(self) -> _Event:
-        return _Event(self.clock)
-
-    def sync(self) -> None:
-        self.log.append("sync")
-
-    def flush(self) -> None:
-        self.flushes += 1
-        self.clock.now += self.flush_ms
-        self.log.append("flush")
-
-    def release(self) -> None:
-        self.log.append("release")
-
-    def step(self) -> None:
-        """The function being timed (eager: with its launch overhead)."""
-        self.clock.now += self.call_ms + (0.0 if self._in_graph else self.launch_ms)
-        self.log.append("call")
-
-    _in_graph = False
-
-    def capture(self, fn: Callable[[], Any]) -> Callable[[], None]:
-        self.captures += 1
-
-        def replay() -> None:
-            self._in_graph = True
-            try:
-                fn()
-            finally:
-                self._in_graph = False
-        return replay
 
 
 def test_back_to_back_loops_fill_a_sample_and_throughput_comes_from_the_total() -> None:
@@ -135,3 +73,23 @@ def test_cpu_has_back_to_back_only() -> None:
         time_fn(lambda: None, "cpu", regime="warm")
     t = time_fn(lambda: torch.ones(8).sum(), "cpu", warmup_s=0.0, min_time_s=0.01)
     assert t.regime == "back-to-back" and t.calls >= len(t.samples_ms) and t.total_ms > 0
+
+
+def test_kernel_rows_get_flushed_warm_and_graph_figures() -> None:
+    api = FakeApi(call_ms=0.02, flush_ms=0.06, launch_ms=0.01)
+
+    def do_bench(fn: Callable[[], Any], warmup: float, rep: float, return_mode: str) -> list[float]:
+        return [(api.flush(), fn(), 0.05)[-1] for _ in range(10)]  # cold L2: slower than warm
+
+    res = microbench._time(api.step, warmup_ms=1, rep_ms=2, api=api, do_bench=do_bench)
+    assert res["p50_us"] == pytest.approx(50.0) and res["n_samples"] == 10
+    assert res["warm_p50_us"] == pytest.approx(30.0)  # the call plus its launch gap
+    assert res["graph_p50_us"] == pytest.approx(20.0) and "calls per graph" in res["graph_note"]
+
+    def no_capture(fn: Callable[[], Any]) -> Callable[[], None]:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    api.capture = no_capture  # type: ignore[method-assign]
+    res = microbench._time(api.step, warmup_ms=1, rep_ms=2, api=api, do_bench=do_bench)
+    assert res["graph_p50_us"] is None and res["graph_note"].startswith("not capturable: RuntimeError")
+    assert res["warm_p50_us"] == pytest.approx(30.0)  # the other figures stand
