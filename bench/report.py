@@ -72,6 +72,9 @@ def render_report(df: pd.DataFrame, env: dict[str, Any] | None = None, extra_sec
             if ok and (r.get("reps") or 1) > 1:  # the spread of the repetitions' medians: the drift between runs
                 noisy += f" · {int(r['reps'])} runs, spread {fmt_num(100 * r['rep_spread'], '.1f')}%"
             backend = r["backend"] + (f":{r['kernels']}" if r.get("kernels") not in (None, "", "all") else "")
+            backend += f" ({r['compile_mode']})" if r.get("compile_mode") not in (None, "", "default") else ""
+            backend += " cl" if str(r.get("channels_last")).lower() == "true" else ""
+            backend += f" [{r['timer']}]" if r.get("timer") not in (None, "", "back-to-back") else ""
             # An unsupported row's reason (e.g. the bf16 fallback probe) is the finding: keep it whole.
             width = 400 if r.get("status") == "unsupported" else 80
             status = r.get("status") if ok else f"**{r.get('status')}**: {str(r.get('error') or '')[:width]}"
@@ -90,7 +93,10 @@ def _conventions() -> str:
     return ("Latency: median of n samples after warm-up (first call and compile excluded), p20–p80 in brackets; "
             "with `run --repeats K` each quantile is the median over the K runs (every run's row is in results.csv) "
             "and the spread is max/min − 1 of the runs' medians; "
-            "throughput = batch / median. FLOPs: `torch.utils.flop_counter`, a multiply-add = 2 FLOPs, per sample, "
+            "throughput = batch × timed calls / their total time. Timing regime: back-to-back steps unless the "
+            "backend cell says [flushed] (L2 flushed before each call) or [cudagraph] (CUDA-graph replays); "
+            "(mode) after a compiled backend = torch.compile's mode, cl = channels_last. "
+            "FLOPs: `torch.utils.flop_counter`, a multiply-add = 2 FLOPs, per sample, counted on the CPU, "
             "forward for infer and forward+backward for train. bf16/fp16 run under autocast, bf16-pure/fp16-pure "
             "with the model and inputs cast; tf32 = fp32 with TF32 matmuls. (reduced): fewer samples, to fit "
             "`--max-config-s`. Peak memory: CUDA `max_memory_allocated` of one step; CPU: bytes of tensors created "

@@ -13,7 +13,8 @@ __all__ = ["kernels_markdown", "kernels_section", "CHECK_NUMERIC", "BENCH_NUMERI
 
 CHECK_NUMERIC = ["max_abs_err", "rel_fro_err", "eager_max_abs_err", "eager_rel_fro_err", "tol_max_abs", "tol_rel_fro",
                  "launches", "elapsed_s"]
-BENCH_NUMERIC = ["p50_us", "p20_us", "p80_us", "warm_p50_us", "n_samples", "compile_ms", "launches", "flops", "bytes",
+BENCH_NUMERIC = ["p50_us", "p20_us", "p80_us", "warm_p50_us", "graph_p50_us", "n_samples", "compile_ms", "launches",
+                 "flops", "bytes",
                  "tflops", "gbps", "pct_peak_bw", "pct_peak_flops", "floor_us", "speedup_vs_eager",
                  "speedup_vs_compile", "speedup_vs_best_peer", "peak_gbps", "peak_tflops", "copy_gbps"]
 COMPILE_NUMERIC = ["launch", "num_warps", "num_stages", "programs", "waves", "regs", "spill_store_bytes",
@@ -58,8 +59,9 @@ def _bench_part(df: pd.DataFrame) -> list[str]:
     if "device_name" in df and df["device_name"].notna().any():
         src = df["peak_source"].dropna().iloc[0] if "peak_source" in df and df["peak_source"].notna().any() else "?"
         out += [f"Device: {', '.join(sorted(df['device_name'].dropna().unique()))}; peaks from {src}. Latency: "
-                "median of CUDA-event samples with the L2 flushed before each call (warm = not flushed), JIT/compile "
-                "excluded. % peak BW and floor from each kernel's minimum-bytes and FLOP formulas.", ""]
+                "median of CUDA-event samples with the L2 flushed before each call (warm = not flushed; graph = "
+                "flushed calls inside a CUDA graph, no launch gaps), JIT/compile excluded. % peak BW and floor from "
+                "each kernel's minimum-bytes and FLOP formulas.", ""]
     rows = []
     keys = ["kernel", "shape", "dtype", "direction"]
     for key, g in df.groupby(keys, sort=True):
@@ -69,15 +71,15 @@ def _bench_part(df: pd.DataFrame) -> list[str]:
         peer = t.get("best_peer") if isinstance(t.get("best_peer"), str) else None
         peer_cell = f"{peer} {fmt_num(by[peer]['p50_us'], '.1f')}" if peer and peer in by else "—"
         rows.append([*key, fmt_num(t.get("p50_us"), ".1f") if ok("triton") else f"**{t.get('status', '—')}**",
-                     fmt_num(t.get("warm_p50_us"), ".1f"),
+                     fmt_num(t.get("warm_p50_us"), ".1f"), fmt_num(t.get("graph_p50_us"), ".1f"),
                      fmt_num(by["eager"]["p50_us"], ".1f") if ok("eager") else "—",
                      fmt_num(by["compile"]["p50_us"], ".1f") if ok("compile") else "—", peer_cell,
                      fmt_num(t.get("speedup_vs_eager"), ".2f"), fmt_num(t.get("speedup_vs_best_peer"), ".2f"),
                      fmt_num(t.get("gbps"), ".0f"), fmt_num(t.get("pct_peak_bw"), ".1f"),
                      fmt_num(t.get("tflops"), ".2f"), fmt_num(t.get("floor_us"), ".1f")])
-    out += _table(["kernel", "shape", "dtype", "dir", "triton µs", "warm µs", "eager µs", "compile µs",
+    out += _table(["kernel", "shape", "dtype", "dir", "triton µs", "warm µs", "graph µs", "eager µs", "compile µs",
                    "best peer µs", "× eager", "× peer", "GB/s", "% peak BW", "TFLOP/s", "floor µs"], rows,
-                  "llllrrrrrrrrrrr")
+                  "llllrrrrrrrrrrrr")
     bad = df[~df["status"].isin(["ok"])]
     if len(bad):
         out += ["", "Providers that did not run:", ""]
