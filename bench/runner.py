@@ -327,10 +327,20 @@ def _inductor_cache(cfg: Config, opts: RunOptions) -> tuple[contextlib.AbstractC
         d = cache_dir()
         state = "non-empty" if os.path.isdir(d) and os.listdir(d) else "empty"
         return contextlib.nullcontext(), f"warm: shared caches ({d}, {state} before)"
+    return _fresh_cache(), "cold: fresh Inductor and Triton cache dirs"
+
+
+@contextlib.contextmanager
+def _fresh_cache() -> Iterator[None]:
+    """``fresh_cache`` inside a temporary parent that is removed even when the config fails (``fresh_cache`` keeps
+    its directory on an exception, for debugging: a sweep of failing configs would fill /tmp)."""
+    import tempfile
+
     import torch._inductor.utils as iu
 
     fresh = getattr(iu, "fresh_cache", None) or iu.fresh_inductor_cache  # renamed in torch 2.8
-    return fresh(), "cold: fresh Inductor and Triton cache dirs"
+    with tempfile.TemporaryDirectory(prefix="vb-inductor-") as parent, fresh(dir=parent):
+        yield
 
 
 @contextlib.contextmanager

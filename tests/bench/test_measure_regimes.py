@@ -154,3 +154,12 @@ def test_cold_compile_costs_more_than_a_warm_cache_hit(tmp_path: Path, monkeypat
     assert cold["compile_cache"].startswith("cold") and warm["compile_cache"].startswith("warm")
     assert "non-empty before" in warm["compile_cache"]
     assert cold["compile_ms"] > warm["compile_ms"]
+
+
+def test_a_failing_compiled_config_leaves_no_cache_dir_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    bad = Config("basic_cnn", "compile", "infer", "cpu", "fp32", 1, input_size=40, compile_mode="default")
+    row, _ = measure(bad, RunOptions(count_flops=False, check_accuracy=False))  # its linear layer wants 32 px
+    assert row["status"] == "error" and row["compile_cache"].startswith("cold")
+    assert list(tmp_path.iterdir()) == []
