@@ -62,6 +62,7 @@ def model_configs() -> list:
     channels_last, tf32, compile, compile-triton)."""
     import models
     from bench.config import COMPILED_BACKENDS, KERNEL_BACKENDS, Config
+    from bench.runner import graph_capturable
 
     specs = {n: models.get_spec(n) for n in models.list_models() if models.get_spec(n).family != "fake"}
     names = list(specs)
@@ -83,7 +84,7 @@ def model_configs() -> list:
     add("eager", ("bf16", "fp32"))
     hot = tuple(n for n in names if specs[n].hot_paths)
     add("triton", ("bf16", "fp32"), hot)
-    add("eager", ("bf16",), CUDAGRAPH_MODELS(specs), batches=("one",), timer="cudagraph")
+    add("eager", ("bf16",), tuple(n for n in names if graph_capturable(n)), batches=("one",), timer="cudagraph")
     add("eager", ("bf16",), ("resnet50",), timer="flushed")  # resnet50: all three regimes side by side
     add("eager", ("bf16",), tuple(n for n in names if specs[n].family in CONV_FAMILIES), channels_last=True)
     add("eager", ("tf32",))
@@ -92,11 +93,6 @@ def model_configs() -> list:
     add("compile-triton", ("bf16",), COMPILE_TRITON_MODELS)  # our kernels inside the compiled model
     return out
 
-
-def CUDAGRAPH_MODELS(specs: dict) -> tuple[str, ...]:  # noqa: N802 - a constant computed from the registry
-    """Models whose inference step can be captured in a CUDA graph: no data-dependent shapes (the detectors' NMS and
-    proposal sampling) and no host-side randomness (the self-supervised models' masks and augmentations)."""
-    return tuple(n for n, s in specs.items() if s.task in ("classification", "segmentation"))
 
 
 def _kernel_budgets(total_s: float) -> tuple[float, float]:

@@ -26,7 +26,8 @@ from .machine_state import MACHINE_COLUMNS, snapshot
 from .memory import measure_peak_memory, rss_bytes
 from .timing import OverConfigBudget, time_fn
 
-__all__ = ["RunOptions", "measure", "RESULT_COLUMNS", "STATUSES", "ConfigTimeout", "classify_exception"]
+__all__ = ["RunOptions", "measure", "RESULT_COLUMNS", "STATUSES", "ConfigTimeout", "classify_exception",
+           "count_config_flops", "graph_capturable"]
 
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "crashed", "inaccurate")
 
@@ -140,10 +141,22 @@ def probe_support(cfg: Config, allow_slow_fallback: bool = False) -> str:
     if cfg.timer == "cudagraph" and cfg.compile_mode in ("reduce-overhead", "max-autotune"):
         raise Unsupported(f"compile mode {cfg.compile_mode} already runs the model in CUDA graphs (time it "
                           "back-to-back)")
+    if cfg.timer == "cudagraph" and not graph_capturable(cfg.model):
+        raise Unsupported(f"{cfg.model}'s step cannot be captured in a CUDA graph (data-dependent shapes or host-side "
+                          "randomness: detection NMS and proposal sampling, masks, augmentations)")
     if cfg.timer == "cudagraph" and cfg.mode == "train":
         raise Unsupported("the cudagraph timer captures inference steps only (a train step's optimizer and "
                           "gradient buffers are not made capture-safe here; use compile mode reduce-overhead)")
     return note
+
+
+def graph_capturable(model: str) -> bool:
+    """Whether a model's inference step can be captured in a CUDA graph: classification and segmentation models have
+    static shapes and no host-side randomness; detectors (NMS, proposal sampling: data-dependent shapes and host
+    syncs) and the self-supervised models (random masks and augmentations drawn per step) do not."""
+    import models
+
+    return models.get_spec(model).task in ("classification", "segmentation")
 
 
 def unsupported_row(cfg: Config, opts: RunOptions) -> dict[str, Any] | None:

@@ -163,3 +163,11 @@ def test_a_failing_compiled_config_leaves_no_cache_dir_behind(tmp_path: Path, mo
     row, _ = measure(bad, RunOptions(count_flops=False, check_accuracy=False))  # its linear layer wants 32 px
     assert row["status"] == "error" and row["compile_cache"].startswith("cold")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_static_shape_models_are_captured_in_cuda_graphs() -> None:
+    from bench.runner import graph_capturable
+
+    assert all(graph_capturable(m) for m in ("resnet50", "vit_b_16", "swin_t", "unet", "deeplabv3plus_resnet50"))
+    assert not any(graph_capturable(m) for m in ("fasterrcnn_resnet50_fpn", "yolov5s", "mae_vit_b_16",
+                                                 "simclr_resnet50"))
