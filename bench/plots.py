@@ -28,7 +28,7 @@ from .repeats import aggregate_reps
 
 __all__ = ["plots_section", "plot_throughput", "plot_latency", "plot_roofline", "roofline_ceiling"]
 
-_LINE_FIELDS = ("dtype", "backend", "mode", "device", "channels_last", "kernels", "input_size")
+_LINE_FIELDS = ("dtype", "backend", "mode", "device", "channels_last", "kernels", "input_size", "compile_mode", "timer")
 
 
 def _figure(width: float, height: float) -> Any:
