@@ -20,6 +20,9 @@ Columns (appended to :data:`bench.runner.RESULT_COLUMNS`):
   relative error of the concatenated gradient, i.e. each parameter's relative error weighted by its share of the
   gradient norm; ``acc_grad_worst``: the parameter with the largest relative error and that error (information);
 * ``acc_loss`` / ``acc_loss_ref`` (train): the row's loss and the float64 loss;
+* ``acc_grad_eager`` (train rows of a non-eager backend in a dtype whose gradients have no absolute bound): the same
+  step run *eagerly* in the row's dtype (same weights, batch, precision; a fresh copy without our kernels), its
+  ``acc_grad_rel`` against float64: the baseline of the gate below;
 * ``acc_status``: ``ok``, ``inaccurate`` (a bound of :data:`TOLERANCES` broken, or a NaN/Inf where the reference
   is finite; the row's ``status`` becomes ``inaccurate`` too and keeps its timing), ``skipped`` (the model declares
   its train step not comparable, ``ModelSpec.train_check``), ``error`` (the check itself failed: the row keeps
@@ -55,7 +58,7 @@ __all__ = ["ACCURACY_COLUMNS", "Tolerance", "TOLERANCES", "tolerance", "prepare"
            "grad_error", "clear_cache"]
 
 ACCURACY_COLUMNS = ["acc_status", "acc_rel_fro", "acc_max_abs", "acc_cos", "acc_grad_rel", "acc_grad_worst",
-                    "acc_loss", "acc_loss_ref", "acc_tol", "acc_note", "acc_s"]
+                    "acc_grad_eager", "acc_loss", "acc_loss_ref", "acc_tol", "acc_note", "acc_s"]
 
 SEED = 0  # the CPU/CUDA RNG seed set before both the row's check step and the reference (SimCLR's views)
 
@@ -87,9 +90,12 @@ class Tolerance:
 #   (basic_cnn), 0.38 (resnet18), 1.12 (yolov5n), all at batch 2: at random init a
 #   weight gradient is a long sum of nearly cancelling terms, and bf16's rounding of the backward's inputs survives
 #   the cancellation (1.41 would be a gradient uncorrelated with the true one). No bound would both pass eager and
-#   catch a wrong kernel, so bf16 gradients are reported, not gated (NaN/Inf still fail the row). A real bf16
-#   gradient check needs eager bf16 as its baseline (dynamo's rule: the row's error within a multiple of eager's,
-#   both against float64), which costs another step per row: not done.
+#   catch a wrong kernel, so an eager bf16 row's gradients are reported, not gated (NaN/Inf still fail the row).
+#   A compile/triton/compile-triton row's gradients are gated against eager in the same dtype (dynamo's accuracy
+#   rule): its error against float64 must stay within GRAD_MULTIPLE x eager's own + GRAD_ATOL (one more eager step
+#   per such row). 3x: two independent roundings of the same size differ from float64 by comparable amounts (a
+#   reordered reduction does not triple the error); a wrong backward -- a gradient tripled, a dropped mask -- is
+#   far off wherever eager's own error is well below the uncorrelated 1.41.
 # * fp16 autocast and tf32: 3 more mantissa bits than bf16 (8x smaller roundoff); not measurable here (no GPU). The
 #   output bounds are 1/3 of bf16's rather than 1/8, for cuDNN's reduced-precision algorithms; gradients are not
 #   gated, as for bf16. The GPU job's eager rows report the figures against which these should be tightened.
@@ -109,6 +115,10 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("bf16-pure", "infer"): Tolerance(rel_fro=0.2, grad_rel=None),
     ("bf16-pure", "train"): Tolerance(rel_fro=0.2, grad_rel=None),
 }
+
+
+GRAD_MULTIPLE = 3.0
+GRAD_ATOL = 1e-2
 
 
 def tolerance(cfg: Any) -> Tolerance:
@@ -270,6 +280,23 @@ def _reference(cfg: Any, spec: Any, state: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
+def _eager_grad_error(cfg: Any, spec: Any, model: nn.Module, state: dict[str, torch.Tensor], batch: Any,
+                      ref_grads: dict[str, torch.Tensor]) -> float:
+    """The gradient error against float64 of the same train step run eagerly in the row's precision: a fresh model
+    (no Triton kernels, not compiled) with the row's weights, dtype, device and memory format, on the row's batch."""
+    from .runner import precision
+
+    p = next(model.parameters())
+    eager = spec.builder()
+    eager.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+    eager = eager.to(p.device, p.dtype)
+    if cfg.channels_last:
+        eager = eager.to(memory_format=torch.channels_last)
+    _, grads = _train_step(spec, eager, eager, batch, precision(cfg))
+    rel, _, _ = grad_error(grads, ref_grads)
+    return rel
+
+
 # --- the hook called by bench.runner.measure --------------------------------------------------------------------------
 
 
@@ -289,6 +316,9 @@ def check(cfg: Any, facts: dict[str, Any]) -> dict[str, Any]:
     tol = tolerance(cfg)
     grad_tol = "" if cfg.mode == "infer" else (f" grad_rel<={tol.grad_rel:g}" if tol.grad_rel is not None
                                                 else " grad_rel not gated")
+    eager_gate = cfg.mode == "train" and tol.grad_rel is None and cfg.backend != "eager"
+    if eager_gate:
+        grad_tol = f" grad_rel<={GRAD_MULTIPLE:g}*eager+{GRAD_ATOL:g}"
     cols: dict[str, Any] = {"acc_tol": f"rel_fro<={tol.rel_fro:g}{grad_tol}"}
     if cfg.mode == "train" and spec.train_check:
         return {**cols, "acc_status": "skipped", "acc_note": spec.train_check, "acc_s": time.perf_counter() - t0}
@@ -320,6 +350,8 @@ def check(cfg: Any, facts: dict[str, Any]) -> dict[str, Any]:
         grad_rel, cols["acc_grad_worst"], grad_bad = grad_error(grads, ref["grads"])
         cols.update(acc_loss=float(loss), acc_loss_ref=float(ref["outputs"]["loss"]), acc_grad_rel=grad_rel)
         model.zero_grad(set_to_none=True)
+        if eager_gate:
+            cols["acc_grad_eager"] = _eager_grad_error(cfg, spec, model, state, batch, ref["grads"])
     cols.update(acc_rel_fro=m["rel_fro"], acc_max_abs=m["max_abs"], acc_cos=m["cos"])
     if m["nonfinite"] or grad_bad:
         notes.append(f"NaN/Inf where the float64 reference is finite: {', '.join(m['nonfinite'] + grad_bad)}")
@@ -327,6 +359,11 @@ def check(cfg: Any, facts: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"{m['worst']}: rel_fro {m['rel_fro']:.3g} > {tol.rel_fro:g}")
     if grad_rel is not None and tol.grad_rel is not None and grad_rel > tol.grad_rel:
         notes.append(f"grads: rel {grad_rel:.3g} > {tol.grad_rel:g} (worst {cols['acc_grad_worst']})")
+    if grad_rel is not None and eager_gate:
+        bound = GRAD_MULTIPLE * cols["acc_grad_eager"] + GRAD_ATOL
+        if grad_rel > bound:
+            notes.append(f"grads: rel {grad_rel:.3g} > {GRAD_MULTIPLE:g} x eager {cfg.dtype}'s "
+                         f"{cols['acc_grad_eager']:.3g} + {GRAD_ATOL:g} (worst {cols['acc_grad_worst']})")
     cols["acc_status"] = "inaccurate" if notes else "ok"
     cols["acc_note"] = "; ".join(notes) if notes else f"worst: {m['worst']}"
     cols["acc_s"] = time.perf_counter() - t0

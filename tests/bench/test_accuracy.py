@@ -141,3 +141,56 @@ def test_a_compile_row_on_the_cpu_passes(corrupt_model: str) -> None:
     row, _ = measure(Config(corrupt_model, "compile", "infer", "cpu", "fp32", 2), OPTS)
     assert row["status"] == "ok", row["error"]
     assert row["acc_status"] == "ok" and row["acc_rel_fro"] < 1e-5
+
+
+class _TripledUnderCompile(torch.autograd.Function):
+    """Identity whose backward triples the gradient when traced by torch.compile (a wrong compiled backward), and is
+    right when run eagerly."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x * 1.0
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        return g * 3 if torch.compiler.is_compiling() else g
+
+
+class _Twolayer(nn.Module):
+    def __init__(self, wrong: bool) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.wrong = nn.Linear(12, 16), nn.Linear(16, 4), wrong
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x.flatten(1))
+        return self.fc2(torch.relu(_TripledUnderCompile.apply(h) if self.wrong else h))
+
+
+@pytest.fixture
+def compiled_grad_models() -> Any:
+    names = {"fake_compiled_grad_ok": False, "fake_compiled_grad_wrong": True}
+    for name, wrong in names.items():
+        def build(wrong: bool = wrong, **_: Any) -> nn.Module:
+            return _Twolayer(wrong)
+
+        build.__name__ = name
+        register_model(family="fake", input_shape=(3, 2, 2), num_classes=4)(build)
+    yield list(names)
+    for name in names:
+        unregister_model(name)
+
+
+def test_low_precision_gradients_of_a_compiled_row_are_gated_against_eager(compiled_grad_models: list[str]) -> None:
+    """bf16 gradients have no absolute bound (eager's own error can be ~1 at init); a compiled row's are held to
+    3 x eager bf16's error + 0.01, both against float64: a compiled backward that triples one gradient fails."""
+    ok_model, wrong_model = compiled_grad_models
+    opts = RunOptions(warmup_s=0.0, min_time_s=0.01, min_samples=2, count_flops=False, threads=1,
+                      allow_slow_fallback=True)
+    eager, _ = measure(Config(wrong_model, "eager", "train", "cpu", "bf16", 2), opts)
+    assert eager["status"] == "ok" and "grad_rel not gated" in eager["acc_tol"] and not eager.get("acc_grad_eager")
+    good, _ = measure(Config(ok_model, "compile", "train", "cpu", "bf16", 2, compile_mode="default"), opts)
+    assert good["status"] == "ok", good.get("acc_note")
+    assert good["acc_grad_rel"] <= 3 * good["acc_grad_eager"] + 0.01 and "3*eager" in good["acc_tol"]
+    bad, _ = measure(Config(wrong_model, "compile", "train", "cpu", "bf16", 2, compile_mode="default"), opts)
+    assert bad["status"] == "inaccurate" and "x eager bf16's" in bad["error"]
+    assert bad["acc_grad_rel"] > 3 * bad["acc_grad_eager"] + 0.01 and bad["acc_rel_fro"] < 0.1  # the loss is right
