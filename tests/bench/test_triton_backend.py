@@ -18,6 +18,7 @@ FAST = ["--min-time-s", "0.01", "--warmup-s", "0", "--no-progress", "--no-flops"
 
 @pytest.mark.triton
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_interpreter_overflow_checks")  # the kernel tests keep the sanitizer at these shapes
 def test_swin_t_eager_and_triton_rows(tmp_path: Path) -> None:
     out = tmp_path / "swin"
     rc = main(["run", "--models", "swin_t", "--backends", "eager", "triton", "--devices", "cpu", "--input-size", "32",
@@ -32,6 +33,7 @@ def test_swin_t_eager_and_triton_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.triton
+@pytest.mark.usefixtures("no_interpreter_overflow_checks")
 def test_one_kernel_at_a_time_and_models_without_the_hot_path(tmp_path: Path) -> None:
     out = tmp_path / "one"
     rc = main(["run", "--models", "efficientnet_b0", "basic_cnn", "--backends", "triton", "--kernels",
