@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'unsupported' with the reason)")
     r.add_argument("--min-time-s", type=float)
     r.add_argument("--warmup-s", type=float)
+    r.add_argument("--min-samples", type=int, help="fewest samples per config (5; at least 3: p20/p50/p80)")
     r.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     r.add_argument("--no-flops", action="store_true", help="skip FLOP counting")
     r.add_argument("--no-accuracy", action="store_true",
@@ -179,6 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs, suite, suite_name = _resolve_run(args)
     if args.threads is not None and args.threads <= 0:
         raise BadInputError(f"--threads must be positive, got {args.threads}")
+    min_samples = args.min_samples if args.min_samples is not None else int(suite.get("min_samples", 5))
+    if min_samples < 3:
+        raise BadInputError(f"--min-samples must be at least 3 (p20, p50 and p80 need three), got {min_samples}")
     if args.repeats < 1:
         raise BadInputError(f"--repeats must be a positive integer, got {args.repeats}")
     budget_s = args.budget_s if args.budget_s is not None else float(suite.get("budget_s", 0))
@@ -204,6 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = RunOptions(
         warmup_s=args.warmup_s if args.warmup_s is not None else float(suite.get("warmup_s", 0.2)),
         min_time_s=args.min_time_s if args.min_time_s is not None else float(suite.get("min_time_s", 1.0)),
+        min_samples=min_samples,
         timeout_s=args.timeout_s if args.timeout_s is not None else float(suite.get("timeout_s", 0)),
         threads=args.threads, count_flops=not args.no_flops, check_accuracy=not args.no_accuracy,
         profile_dir=str(out / "traces") if args.profile else None,

@@ -204,6 +204,7 @@ _SUITE_TYPES: dict[str, tuple[Any, str]] = {
     "timeout_s": (_is_number, "a number of seconds >= 0"),
     "min_time_s": (_is_number, "a number of seconds >= 0"),
     "warmup_s": (_is_number, "a number of seconds >= 0"),
+    "min_samples": (lambda v: _is_int(v, 3), "an integer >= 3"),
     "budget_s": (_is_number, "a number of seconds >= 0"),
     "max_config_s": (_is_number, "a number of seconds >= 0"),
     "isolate": (lambda v: isinstance(v, bool), "true or false"),

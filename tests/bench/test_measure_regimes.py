@@ -53,6 +53,8 @@ def test_bad_timer_or_compile_mode_is_one_line_and_exit_2(capsys: pytest.Capture
     assert err.count("\n") == 0 and "did you mean 'cudagraph'" in err and "back-to-back, flushed, cudagraph" in err
     assert main(["run", "--models", "basic_cnn", "--backends", "compile", "--compile-mode", "fast", "--dry-run"]) == 2
     assert "valid: default, reduce-overhead, max-autotune" in capsys.readouterr().err
+    assert main(["run", "--models", "basic_cnn", "--min-samples", "2", "--dry-run"]) == 2
+    assert "--min-samples must be at least 3" in capsys.readouterr().err
 
 
 def test_cuda_only_regimes_are_unsupported_rows_on_the_cpu(tmp_path: Path, fakes: None) -> None:

@@ -13,7 +13,8 @@ from bench.io import read_results
 
 # --no-accuracy: these tests are about the kernel switch and its columns; the accuracy gate on triton rows has its own
 # tests (tests/bench/test_accuracy.py), and its float64 reference would double each row here.
-FAST = ["--min-time-s", "0.01", "--warmup-s", "0", "--no-progress", "--no-flops", "--threads", "1", "--no-accuracy"]
+FAST = ["--min-time-s", "0.01", "--warmup-s", "0", "--min-samples", "3", "--no-progress", "--no-flops",
+        "--threads", "1", "--no-accuracy"]
 
 
 @pytest.mark.triton
