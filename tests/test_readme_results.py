@@ -77,16 +77,36 @@ def test_kernel_check_counts_and_worst_errors(text: str) -> None:
     assert round(worst["window_attention"], len(m[2].split(".")[1])) == stated_wa, worst.to_dict()
 
 
+def _env_sha(d: str) -> tuple[str, bool]:
+    env = json.loads((RESULTS / d / "env.json").read_text())
+    return env["git_sha"], bool(env["git_dirty"])
+
+
 def test_aot_and_preflight_counts(text: str) -> None:
-    m = find(text, r"\*\*(\d+) of (\d+) launches `ok`\*\* for sm_90 with Triton 3\.8")
-    for d in ("aot-sm90-triton3.8", "aot-sm90-triton3.6", "aot-sm80-triton3.8", "aot-sm89-triton3.8"):
+    """Every ``aot-*`` set was made on the operators (at one of the commits the README names, clean tree) and has the
+    quoted counts, or the README names it as made before the operator rewrite; likewise the preflight sets."""
+    m = find(text, r"Measured on the operators \(code of commit ([0-9a-f]{7,}); ([^)]*)\) .*?"
+                   r"\*\*(\d+) of (\d+) launches `ok`\*\* for sm_90 with Triton 3\.8")
+    made_at = {m[1], *re.findall(r"\b[0-9a-f]{7,12}\b", m[2])}
+    stale_m = re.search(r"Not rerun since the operator rewrite: ([^.]*)\.", text)  # absent once all are rerun
+    stale = stale_m[1] if stale_m else ""
+    for d in sorted(p.name for p in RESULTS.glob("aot-*")):
+        sha, dirty = _env_sha(d)
+        if f"`{d}/`" in stale:  # still the result from before the rewrite, and the README says so with its commit
+            assert not any(sha.startswith(c) for c in made_at), f"{d} was regenerated: move it out of 'Not rerun'"
+            continue
+        assert any(sha.startswith(c) for c in made_at) and not dirty, f"{d} was made at {sha} (dirty={dirty})"
         df = pd.read_csv(RESULTS / d / "kernels_compile.csv")
-        assert (int(m[1]), int(m[2])) == (int((df.status == "ok").sum()), len(df)), d
+        assert (int(m[3]), int(m[4])) == (int((df.status == "ok").sum()), len(df)), d
     m = find(text, r"(\d+) kernel-case launches and (\d+) launches from the (\d+) `triton`-backend model configs, "
                    r"all `ok`")
+    before = find(text, r"Measured on this CPU at commit [0-9a-f]{7,} \((before the operator rewrite)?")[1]
     for d in ("gpu-preflight-sm90", "gpu-preflight-sm90-triton3.6"):
         df = pd.read_csv(RESULTS / d / "kernels_compile.csv")
         assert int(m[1]) + int(m[2]) == len(df) and (df.status == "ok").all(), d
+        regenerated = any(_env_sha(d)[0].startswith(c) for c in made_at)
+        assert regenerated != bool(before), (f"{d} was {'' if regenerated else 'not '}regenerated on the operators: "
+                                             "the README's preflight figures must say so")
 
 
 # --- the quick suite ------------------------------------------------------------------------------------------------
