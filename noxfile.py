@@ -176,9 +176,11 @@ def _run_mutmut(session: nox.Session, group: str, globs: list[str]) -> None:
     cfg = {"source_paths": sorted({m.split("/")[0] for m in modules}), "only_mutate": modules,
            "also_copy": ["bench", "kernels", "models"], "pytest_add_cli_args_test_selection": tests,
            "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-q"],
-           # The time limit is CPU seconds per mutant (RLIMIT_CPU): a forked worker still pays pytest's start-up and
-           # imports, several CPU seconds on a loaded 2-core machine, whatever the test's own estimate.
-           "process_isolation": "forkserver", "timeout_multiplier": 5.0, "timeout_constant": 60.0}
+           # The time limit per mutant is CPU seconds (RLIMIT_CPU, so other load does not count against it):
+           # 2 · multiplier · (the tests' traced time + constant) = 4 · (t + 10) s: the forkserver has imported
+           # everything already, a worker pays pytest's collection (~1-2 CPU s), and a mutant stuck in a loop costs
+           # under a minute of CPU instead of the ten minutes the limit was before.
+           "process_isolation": "forkserver", "timeout_multiplier": 2.0, "timeout_constant": 10.0}
     with open(scratch / "pyproject.toml", "a") as fh:
         fh.write("\n" + _toml_section("tool.mutmut", cfg))
     env = {**CPU_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}

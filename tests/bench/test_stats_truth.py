@@ -11,6 +11,7 @@ import pytest
 
 from bench.compare_stats import Options
 from bench.stats import (
+    _boot_medians,
     _hier_boot,
     benjamini_hochberg,
     bootstrap_ratio_ci,
@@ -169,3 +170,37 @@ def test_compare_samples_passes_its_options_to_the_bootstrap() -> None:
         assert est == compare_samples(base, new, **kw)  # seeded
     with pytest.raises(ValueError, match=r"^need at least 3 samples per side, got 2 and 3$"):
         compare_samples([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_bootstrap_interval_is_the_percentile_interval_of_the_replicates() -> None:
+    # As for compare_repeated: the replicates (same seed and draw order) leave 2.5% below and above the 95% interval.
+    rng = np.random.default_rng(8)
+    base, new = rng.lognormal(0, 0.1, 41), rng.lognormal(0.05, 0.1, 41)
+    _, lo, hi = bootstrap_ratio_ci(base, new, seed=3)
+    g = np.random.default_rng(3)
+    reps = _boot_medians(new, 2000, g) / _boot_medians(base, 2000, g)
+    assert np.mean(reps < lo) == pytest.approx(0.025, abs=0.001)
+    assert np.mean(reps > hi) == pytest.approx(0.025, abs=0.001)
+
+
+def test_bootstrap_input_rules() -> None:
+    assert bootstrap_ratio_ci([1.0, 2.0, 3.0], [4.0])[0] == 2.0  # one sample on a side is enough for the bootstrap
+    assert bootstrap_ratio_ci([2.0], [1.0, 3.0, 5.0])[0] == 1.5
+    for base, new in (([1.0], []), ([], [1.0])):
+        with pytest.raises(ValueError, match=r"^both sample sets must be non-empty$"):
+            bootstrap_ratio_ci(base, new)
+    for base, new in (([1.0, 2.0], [0.0, 1.0]), ([0.0, 1.0], [1.0, 2.0]), ([1.0, 2.0], [-1.0, 1.0]),
+                      ([-1.0, 2.0], [1.0, 2.0]), ([1.0, np.inf], [1.0, 2.0]), ([1.0, 2.0], [np.nan, 2.0])):
+        with pytest.raises(ValueError, match=r"^latency samples must be finite and positive$"):
+            bootstrap_ratio_ci(base, new)
+    for c in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=rf"^confidence must be in \(0, 1\), got {c}$"):
+            bootstrap_ratio_ci([1.0, 2.0], [1.0, 2.0], confidence=c)
+
+
+def test_mann_whitney_identical_values() -> None:
+    assert mann_whitney_p([2.0, 2.0, 2.0], [2.0, 2.0]) == 1.0  # no spread at all: no evidence of a shift
+    # Two tied blocks one apart: the normal approximation with tie and continuity corrections, z = (4.5 - 0.5) / sd,
+    # Var[U] = n1 n2 / 12 * (n + 1 - sum(t^3 - t) / (n (n - 1))) = 9/12 * (7 - 48/30).
+    z = 4.0 / math.sqrt(9 / 12 * (7 - 48 / 30))
+    assert mann_whitney_p([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]) == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-12)
