@@ -227,8 +227,15 @@ def _mutants_report(session: nox.Session, modules: list[str], out: Path) -> None
              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {m} | {s['mutants']} | {s['checked']} | {s['killed']} | {s['timeout']} | {s['survived']} | "
               f"{s['equivalent']} | {s['score']} | {s['raw_score']} |" for m, s in summary.items()]
+    # Every survivor's diff from one process (`mutmut show` per mutant costs seconds of start-up each).
+    names = json.dumps({name: mod for mod, name, _ in survivors})
+    script = ("import json, sys\nfrom mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+              "d = {n: get_diff_for_mutant(n, path=p) for n, p in json.loads(sys.argv[1]).items()}\n"
+              "open('mutants/survivor-diffs.json', 'w').write(json.dumps(d))")
+    session.run(sys.executable, "-c", script, names, silent=True, external=True)
+    diffs = json.loads(Path("mutants/survivor-diffs.json").read_text())
     for _mod, name, code in survivors:
-        diff = session.run(sys.executable, "-m", "mutmut", "show", name, silent=True, external=True) or ""
+        diff = diffs.get(name, "")
         why = f"equivalent: {equivalent[name]}" if name in equivalent else "not equivalent"
         lines += ["", f"## {name} (exit {code}; {why})", "", "```diff", diff.strip(), "```"]
     (out / "survivors.md").write_text("\n".join(lines) + "\n")

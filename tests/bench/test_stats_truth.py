@@ -204,3 +204,12 @@ def test_mann_whitney_identical_values() -> None:
     # Var[U] = n1 n2 / 12 * (n + 1 - sum(t^3 - t) / (n (n - 1))) = 9/12 * (7 - 48/30).
     z = 4.0 / math.sqrt(9 / 12 * (7 - 48 / 30))
     assert mann_whitney_p([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]) == pytest.approx(math.erfc(z / math.sqrt(2)), rel=1e-12)
+
+
+def test_an_interval_ending_at_one_is_not_significant() -> None:
+    # 8 samples of 1 against [1, 5, 5, 5, 5]: the rank test rejects (p ~ 0.005), but a bootstrap median of the new
+    # side is 1 with probability P(Binomial(5, 1/5) >= 3) = 5.8% > 2.5%, so the 95% interval starts at exactly 1.0.
+    est = compare_samples([1.0] * 8, [1.0, 5.0, 5.0, 5.0, 5.0])
+    assert est.p_value < 0.01 and est.ci_low == 1.0 and not est.significant
+    est = compare_samples([1.0, 5.0, 5.0, 5.0, 5.0], [1.0] * 8)  # the mirror image: the interval ends at 1.0
+    assert est.p_value < 0.01 and est.ci_high == 1.0 and not est.significant
