@@ -107,13 +107,19 @@ def test_hierarchical_bootstrap_draws_every_run() -> None:
 def test_library_defaults_are_bench_compares() -> None:
     # Calling bench.stats directly gives the numbers `bench compare` gives with its default options (seed 0).
     o = Options()
+    # 200 samples per side: the bootstrap medians are near-continuous, so any other seed or resample count moves the
+    # interval (with few samples the medians take a handful of values and the quantiles can coincide).
     rng = np.random.default_rng(2)
-    base, new = list(rng.lognormal(0, 0.1, 9)), list(rng.lognormal(0.1, 0.1, 9))
+    base, new = list(rng.lognormal(0, 0.1, 200)), list(rng.lognormal(0.1, 0.1, 200))
     kw = {"n_boot": o.resamples, "confidence": o.confidence, "seed": 0}
     assert compare_samples(base, new) == compare_samples(base, new, **kw)
     assert bootstrap_ratio_ci(base, new) == bootstrap_ratio_ci(base, new, **kw)
-    runs_b, runs_n = [base[:3], base[3:6], base[6:]], [new[:3], new[3:6], new[6:]]
+    for other in ({"n_boot": o.resamples + 1}, {"seed": 1}):  # the data can tell the defaults apart
+        assert bootstrap_ratio_ci(base, new, **{**kw, **other}) != bootstrap_ratio_ci(base, new, **kw)
+    runs_b, runs_n = [base[:60], base[60:130], base[130:]], [new[:60], new[60:130], new[130:]]
     assert compare_repeated(runs_b, runs_n) == compare_repeated(runs_b, runs_n, **kw)
+    for other in ({"n_boot": o.resamples + 1}, {"seed": 1}):
+        assert compare_repeated(runs_b, runs_n, **{**kw, **other}) != compare_repeated(runs_b, runs_n, **kw)
 
 
 def test_compare_repeated_input_rules() -> None:
