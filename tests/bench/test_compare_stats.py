@@ -1,0 +1,92 @@
+"""``bench.compare_stats`` on in-memory tables: which method a matched pair gets, that the options reach the
+statistics, the CPU sub-millisecond threshold, and numbers read from CSV cells."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.compare_match import KERNELS, MODELS, Table, _Kind
+from bench.compare_stats import RUN_LEVEL, SAMPLE_LEVEL, Options, _runs, latency, to_float
+from bench.stats import compare_repeated, compare_samples
+
+KEY = ("cfg",)
+
+
+def _pair(kind: _Kind, base_runs: list[list[float]], new_runs: list[list[float]], device: str = "cpu",
+          ) -> tuple[dict, dict, Table, Table]:
+    """Two ok rows and their tables: ``rep_samples`` per run, ``samples`` pooled, p50 = the pooled median."""
+    def side(runs: list[list[float]]) -> tuple[dict, Table]:
+        pooled = np.concatenate([np.asarray(r, float) for r in runs])
+        row = {kind.p50: float(np.median(pooled)), "device": device}
+        t = Table(kind, Path("x"), {KEY: row}, samples={KEY: pooled},
+                  rep_samples={KEY: {i: np.asarray(r, float) for i, r in enumerate(runs)}})
+        return row, t
+    (b, bt), (n, nt) = side(base_runs), side(new_runs)
+    return b, n, bt, nt
+
+
+def _runs_of(rng: np.random.Generator, median: float, sizes: tuple[int, ...]) -> list[list[float]]:
+    return [list(median * rng.lognormal(0, 0.02, k)) for k in sizes]
+
+
+def test_two_runs_per_side_is_run_level_and_the_options_reach_the_test() -> None:
+    rng = np.random.default_rng(1)
+    opts = Options(resamples=500, confidence=0.9)
+    base, new = _runs_of(rng, 5.0, (20, 3)), _runs_of(rng, 5.5, (20, 20))  # a run of exactly 3 samples counts
+    out = latency(MODELS, *_pair(MODELS, base, new), KEY, KEY, opts, seed=7)
+    est = compare_repeated(base, new, n_boot=500, confidence=0.9, seed=7)
+    assert out["method"] == RUN_LEVEL and (out["reps_base"], out["reps_new"]) == (2, 2)
+    assert (out["ratio"], out["ci_low"], out["ci_high"], out["p_value"]) == (est.ratio, est.ci_low, est.ci_high,
+                                                                            est.p_value)
+    for other in (Options(resamples=501, confidence=0.9), Options(resamples=500, confidence=0.95)):
+        assert latency(MODELS, *_pair(MODELS, base, new), KEY, KEY, other, seed=7)["ci_low"] != out["ci_low"]
+    assert latency(MODELS, *_pair(MODELS, base, new), KEY, KEY, opts, seed=8)["ci_low"] != out["ci_low"]
+
+
+@pytest.mark.parametrize("sizes", [((20, 20), (20,)), ((20,), (20, 20)), ((20, 2), (20, 20)), ((20, 20), (2, 20))])
+def test_fewer_than_two_usable_runs_on_a_side_is_sample_level(sizes: tuple[tuple[int, ...], ...]) -> None:
+    # A run with fewer than 3 samples does not count as a run; the pooled samples still feed the per-sample test.
+    rng = np.random.default_rng(2)
+    base, new = _runs_of(rng, 5.0, sizes[0]), _runs_of(rng, 5.5, sizes[1])
+    opts = Options(resamples=400, confidence=0.9)
+    out = latency(MODELS, *_pair(MODELS, base, new), KEY, KEY, opts, seed=3)
+    est = compare_samples(np.concatenate(base), np.concatenate(new), n_boot=400, confidence=0.9, seed=3)
+    assert out["method"] == SAMPLE_LEVEL
+    assert (out["ratio"], out["ci_low"], out["ci_high"], out["p_value"]) == (est.ratio, est.ci_low, est.ci_high,
+                                                                            est.p_value)
+
+
+def test_pool_runs_uses_the_per_sample_test() -> None:
+    rng = np.random.default_rng(3)
+    base, new = _runs_of(rng, 5.0, (20, 20)), _runs_of(rng, 5.5, (20, 20))
+    assert latency(MODELS, *_pair(MODELS, base, new), KEY, KEY, Options(pool_runs=True), seed=0)["method"] \
+        == SAMPLE_LEVEL
+
+
+@pytest.mark.parametrize("kind, median, device, threshold", [
+    (MODELS, 0.9, "cpu", 0.25),  # under 1 ms on the CPU, one run per side: the wider threshold
+    (MODELS, 1.1, "cpu", 0.05),
+    (MODELS, 0.9, "cuda", 0.05),
+    (KERNELS, 900.0, "cpu", 0.25),  # kernels are in µs: 900 µs is under 1 ms
+    (KERNELS, 1100.0, "cpu", 0.05),
+])
+def test_single_run_sub_ms_cpu_threshold(kind: _Kind, median: float, device: str, threshold: float) -> None:
+    rng = np.random.default_rng(4)
+    base, new = _runs_of(rng, median, (20,)), _runs_of(rng, median, (20,))
+    out = latency(kind, *_pair(kind, base, new, device), KEY, KEY, Options(), seed=0)
+    assert out["threshold"] == threshold
+
+
+def test_to_float_reads_numbers_and_treats_nan_and_text_as_missing() -> None:
+    assert to_float("2.5") == 2.5 and to_float(3) == 3.0
+    assert to_float("nan") is None and to_float(math.nan) is None
+    assert to_float("fast") is None and to_float(None) is None
+
+
+def test_runs_keeps_runs_with_enough_samples_in_order() -> None:
+    runs = _runs({2: np.ones(3), 0: np.ones(4), 1: np.ones(2)})
+    assert [len(r) for r in runs] == [4, 3] and _runs(None) == []
