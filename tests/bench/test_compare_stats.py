@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.compare_match import KERNELS, MODELS, Table, _Kind
-from bench.compare_stats import RUN_LEVEL, SAMPLE_LEVEL, Options, _runs, latency, to_float
+from bench.compare_stats import RUN_LEVEL, SAMPLE_LEVEL, Options, _runs, decide, latency, to_float
 from bench.stats import compare_repeated, compare_samples
 
 KEY = ("cfg",)
@@ -90,3 +90,29 @@ def test_to_float_reads_numbers_and_treats_nan_and_text_as_missing() -> None:
 def test_runs_keeps_runs_with_enough_samples_in_order() -> None:
     runs = _runs({2: np.ones(3), 0: np.ones(4), 1: np.ones(2)})
     assert [len(r) for r in runs] == [4, 3] and _runs(None) == []
+
+
+def _decided(opts: Options | None = None, **out: object) -> dict:
+    row = {"significant": True, "mem_growth": False, **out}
+    decide(row, opts or Options())
+    return row
+
+
+def test_decide_threshold_spread_and_memory() -> None:
+    # |change| >= threshold counts (1.25 - 1 is exactly 0.25 in binary floating point).
+    assert _decided(ratio=1.25, threshold=0.25)["verdict"] == "slower"
+    assert _decided(ratio=0.75, threshold=0.25)["verdict"] == "faster"
+    assert _decided(ratio=1.2, threshold=0.25)["verdict"] == "unchanged"
+    # No threshold in the row: the option's.
+    assert _decided(Options(threshold=0.3), ratio=1.25)["verdict"] == "unchanged"
+    assert _decided(Options(threshold=0.2), ratio=1.25)["verdict"] == "slower"
+    # Run level: the change must also exceed the between-run spread.
+    r = _decided(ratio=1.2, threshold=0.05, spread=0.3)
+    assert r["verdict"] == "unchanged" and r["within_spread"] and not r["regression"]
+    assert _decided(ratio=1.2, threshold=0.05, spread=0.1)["verdict"] == "slower"
+    # Not significant: unchanged, but memory growth alone is still a regression.
+    r = _decided(ratio=1.5, threshold=0.05, significant=False, mem_growth=True)
+    assert r["verdict"] == "unchanged" and r["regression"] and not r["within_spread"]
+    r = _decided(ratio=0.5, threshold=0.05, mem_growth=True)
+    assert r["verdict"] == "faster" and r["regression"]
+    assert not _decided(ratio=0.5, threshold=0.05)["regression"]
