@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.compare_match import KERNELS, MODELS, Table, _Kind
-from bench.compare_stats import RUN_LEVEL, SAMPLE_LEVEL, Options, _runs, decide, latency, to_float
+from bench.compare_stats import RUN_LEVEL, SAMPLE_LEVEL, Options, _runs, adjust_fdr, decide, latency, to_float
 from bench.stats import compare_repeated, compare_samples
 
 KEY = ("cfg",)
@@ -108,7 +108,8 @@ def test_decide_threshold_spread_and_memory() -> None:
     assert _decided(Options(threshold=0.2), ratio=1.25)["verdict"] == "slower"
     # Run level: the change must also exceed the between-run spread.
     r = _decided(ratio=1.2, threshold=0.05, spread=0.3)
-    assert r["verdict"] == "unchanged" and r["within_spread"] and not r["regression"]
+    assert r["verdict"] == "unchanged" and r["within_spread"] and r["regression"] is False  # a JSON false, not null
+    assert _decided(ratio=1.25, threshold=0.05, spread=0.25)["verdict"] == "unchanged"  # equal to the spread: not over
     assert _decided(ratio=1.2, threshold=0.05, spread=0.1)["verdict"] == "slower"
     # Not significant: unchanged, but memory growth alone is still a regression.
     r = _decided(ratio=1.5, threshold=0.05, significant=False, mem_growth=True)
@@ -116,3 +117,20 @@ def test_decide_threshold_spread_and_memory() -> None:
     r = _decided(ratio=0.5, threshold=0.05, mem_growth=True)
     assert r["verdict"] == "faster" and r["regression"]
     assert not _decided(ratio=0.5, threshold=0.05)["regression"]
+
+
+def test_adjust_fdr_over_the_rows_tested_with_samples() -> None:
+    def row(p: float | None, method: str = SAMPLE_LEVEL) -> dict:
+        return _decided(ratio=1.5, threshold=0.05, p_value=p, method=method, q_value=None)
+
+    # BH over the three tested rows only: p (0.01, 0.04, 0.03) -> q (0.03, 0.04, 0.04); the untested rows keep q None.
+    rows = [row(0.01), row(0.04, RUN_LEVEL), row(0.03), row(None, "p20-p80 overlap (no samples)"),
+            row(0.001, "medians only (no samples, no p20/p80)")]
+    adjust_fdr(rows, Options(confidence=0.965))
+    assert [r["q_value"] for r in rows] == pytest.approx([0.03, 0.04, 0.04, None, None])
+    # q < 1 - confidence = 0.035 stays significant; q = 0.04 does not, and its verdict is decided again.
+    assert [r["significant"] for r in rows] == [True, False, False, True, True]
+    assert [r["verdict"] for r in rows] == ["slower", "unchanged", "unchanged", "slower", "slower"]
+    rows = [row(0.01), row(0.04)]
+    adjust_fdr(rows, Options(fdr=False))
+    assert [r["q_value"] for r in rows] == [None, None] and all(r["significant"] for r in rows)
