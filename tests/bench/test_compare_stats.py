@@ -131,6 +131,7 @@ def test_adjust_fdr_over_the_rows_tested_with_samples() -> None:
     # q < 1 - confidence = 0.035 stays significant; q = 0.04 does not, and its verdict is decided again.
     assert [r["significant"] for r in rows] == [True, False, False, True, True]
     assert [r["verdict"] for r in rows] == ["slower", "unchanged", "unchanged", "slower", "slower"]
+    assert [r["regression"] for r in rows] == [True, False, False, True, True]
     rows = [row(0.01), row(0.04)]
     adjust_fdr(rows, Options(fdr=False))
     assert [r["q_value"] for r in rows] == [None, None] and all(r["significant"] for r in rows)
