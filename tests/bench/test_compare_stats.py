@@ -109,7 +109,10 @@ def test_decide_threshold_spread_and_memory() -> None:
     # Run level: the change must also exceed the between-run spread.
     r = _decided(ratio=1.2, threshold=0.05, spread=0.3)
     assert r["verdict"] == "unchanged" and r["within_spread"] and r["regression"] is False  # a JSON false, not null
-    assert _decided(ratio=1.25, threshold=0.05, spread=0.25)["verdict"] == "unchanged"  # equal to the spread: not over
+    r = _decided(ratio=1.25, threshold=0.05, spread=0.25)  # equal to the spread: not over it
+    assert r["verdict"] == "unchanged" and r["within_spread"]
+    assert _decided(ratio=1.25, threshold=0.25, spread=0.3)["within_spread"]  # at the threshold, inside the spread
+    assert not _decided(ratio=1.2, threshold=0.05, spread=0.3, significant=False)["within_spread"]
     assert _decided(ratio=1.2, threshold=0.05, spread=0.1)["verdict"] == "slower"
     # Not significant: unchanged, but memory growth alone is still a regression.
     r = _decided(ratio=1.5, threshold=0.05, significant=False, mem_growth=True)
@@ -132,6 +135,9 @@ def test_adjust_fdr_over_the_rows_tested_with_samples() -> None:
     assert [r["significant"] for r in rows] == [True, False, False, True, True]
     assert [r["verdict"] for r in rows] == ["slower", "unchanged", "unchanged", "slower", "slower"]
     assert [r["regression"] for r in rows] == [True, False, False, True, True]
+    one = [row(0.25)]  # q = p = 0.25 = 1 - confidence exactly (binary): not below it, so not significant
+    adjust_fdr(one, Options(confidence=0.75))
+    assert one[0]["q_value"] == 0.25 and one[0]["significant"] is False
     rows = [row(0.01), row(0.04)]
     adjust_fdr(rows, Options(fdr=False))
     assert [r["q_value"] for r in rows] == [None, None] and all(r["significant"] for r in rows)
