@@ -141,3 +141,38 @@ def test_adjust_fdr_over_the_rows_tested_with_samples() -> None:
     rows = [row(0.01), row(0.04)]
     adjust_fdr(rows, Options(fdr=False))
     assert [r["q_value"] for r in rows] == [None, None] and all(r["significant"] for r in rows)
+
+
+def test_every_field_of_the_estimate_is_reported() -> None:
+    rng = np.random.default_rng(5)
+    opts = Options(threshold=0.07)
+    base, new = _runs_of(rng, 5.0, (20, 30)), _runs_of(rng, 5.5, (25, 20))
+    out = latency(MODELS, *_pair(MODELS, base, new), KEY, KEY, opts, seed=1)
+    est = compare_repeated(base, new, n_boot=2000, confidence=0.95, seed=1)
+    assert {k: out[k] for k in ("significant", "n_base", "n_new", "spread", "threshold", "base_p50", "new_p50")} == {
+        "significant": est.significant, "n_base": 50, "n_new": 45, "spread": est.spread, "threshold": 0.07,
+        "base_p50": float(np.median([np.median(r) for r in base])),
+        "new_p50": float(np.median([np.median(r) for r in new]))}
+    base, new = _runs_of(rng, 5.0, (20,)), _runs_of(rng, 5.5, (30, 2))  # sample level: 1 usable run a side
+    out = latency(MODELS, *_pair(MODELS, base, new), KEY, KEY, opts, seed=1)
+    bs, ns = np.concatenate(base), np.concatenate(new)
+    est = compare_samples(bs, ns, seed=1)
+    assert {k: out[k] for k in ("significant", "n_base", "n_new", "threshold", "base_p50", "new_p50", "reps_base",
+                                "reps_new")} == {
+        "significant": est.significant, "n_base": 20, "n_new": 32, "threshold": 0.07, "base_p50": float(np.median(bs)),
+        "new_p50": float(np.median(ns)), "reps_base": 1, "reps_new": 1}
+
+
+@pytest.mark.parametrize("new_p20, new_p80, significant", [(5.6, 6.0, True), (4.9, 6.0, False), (3.0, 3.9, True)])
+def test_without_samples_the_p20_p80_ranges_decide(new_p20: float, new_p80: float, significant: bool) -> None:
+    b = {"latency_ms_p50": 4.5, "latency_ms_p20": 4.0, "latency_ms_p80": 5.0, "n_samples": 40, "device": "cuda"}
+    n = {"latency_ms_p50": 5.4, "latency_ms_p20": new_p20, "latency_ms_p80": new_p80, "n_samples": 30,
+         "device": "cuda"}
+    bt, nt = Table(MODELS, Path("a"), {KEY: b}), Table(MODELS, Path("b"), {KEY: n})
+    out = latency(MODELS, b, n, bt, nt, KEY, KEY, Options(), seed=0)
+    assert out == {"ratio": 5.4 / 4.5, "ci_low": None, "ci_high": None, "p_value": None, "n_base": 40.0,
+                   "n_new": 30.0, "base_p50": 4.5, "new_p50": 5.4, "threshold": 0.05, "significant": significant,
+                   "method": "p20-p80 overlap (no samples)"}
+    del n["latency_ms_p80"]
+    out = latency(MODELS, b, n, bt, nt, KEY, KEY, Options(), seed=0)
+    assert out["method"] == "medians only (no samples, no p20/p80)" and out["significant"] is False
