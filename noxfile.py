@@ -168,7 +168,7 @@ def _run_mutmut(session: nox.Session, group: str, globs: list[str]) -> None:
     files = subprocess.run(["git", "ls-files"], cwd=repo, check=True, capture_output=True, text=True).stdout.split()
     # mutmut's cache (scratch/mutants) keys results by the mutated function, not by the tests: a result from before a
     # test changed would be reused, so each run starts fresh unless VB_MUTANTS_RESUME=1 (to finish a stopped run).
-    if os.environ.get("VB_MUTANTS_RESUME") != "1":
+    if os.environ.get("VB_MUTANTS_RESUME") != "1" and os.environ.get("VB_MUTANTS_REPORT_ONLY") != "1":
         shutil.rmtree(scratch / "mutants", ignore_errors=True)
     for f in files:  # refresh the sources
         dst = scratch / f
@@ -187,8 +187,9 @@ def _run_mutmut(session: nox.Session, group: str, globs: list[str]) -> None:
     env = {**CPU_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     with session.chdir(scratch):
         jobs = os.environ.get("VB_MUTANTS_JOBS", str(os.cpu_count() or 2))  # 1 on a shared machine
-        session.run("nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children", jobs,
-                    *globs, env=env, external=True, success_codes=[0, 1])
+        if os.environ.get("VB_MUTANTS_REPORT_ONLY") != "1":  # =1: only the report (of a stopped run)
+            session.run("nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children", jobs,
+                        *globs, env=env, external=True, success_codes=[0, 1])
         _mutants_report(session, modules, repo / "results" / "mutants" / group)
 
 
