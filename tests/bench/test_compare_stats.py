@@ -176,3 +176,9 @@ def test_without_samples_the_p20_p80_ranges_decide(new_p20: float, new_p80: floa
     del n["latency_ms_p80"]
     out = latency(MODELS, b, n, bt, nt, KEY, KEY, Options(), seed=0)
     assert out["method"] == "medians only (no samples, no p20/p80)" and out["significant"] is False
+
+
+def test_a_base_median_of_exactly_1_ms_is_not_under_1_ms() -> None:
+    runs = [[0.98, 0.99, 1.0, 1.01, 1.02]]  # median 1.0 exactly
+    out = latency(MODELS, *_pair(MODELS, runs, runs), KEY, KEY, Options(), seed=0)
+    assert out["base_p50"] == 1.0 and out["threshold"] == 0.05
