@@ -182,3 +182,26 @@ def test_a_base_median_of_exactly_1_ms_is_not_under_1_ms() -> None:
     runs = [[0.98, 0.99, 1.0, 1.01, 1.02]]  # median 1.0 exactly
     out = latency(MODELS, *_pair(MODELS, runs, runs), KEY, KEY, Options(), seed=0)
     assert out["base_p50"] == 1.0 and out["threshold"] == 0.05
+
+
+def test_sample_level_edges() -> None:
+    rng = np.random.default_rng(6)
+    # 2 base runs, 1 new run: per-sample statistics; the base has repetitions, so no sub-ms widening; reps counted.
+    out = latency(MODELS, *_pair(MODELS, _runs_of(rng, 0.5, (10, 10)), _runs_of(rng, 0.5, (10,))), KEY, KEY,
+                  Options(), seed=0)
+    assert out["method"] == SAMPLE_LEVEL and out["threshold"] == 0.05 and (out["reps_base"], out["reps_new"]) == (2, 1)
+    out = latency(MODELS, *_pair(MODELS, _runs_of(rng, 5.0, (10,)), _runs_of(rng, 5.0, (10, 10))), KEY, KEY,
+                  Options(), seed=0)
+    assert (out["reps_base"], out["reps_new"]) == (1, 2)
+    # Exactly 3 pooled samples on a side are enough; samples without per-run records count as one run each side.
+    b, n, bt, nt = _pair(MODELS, [[1.0, 1.1, 1.2]], [[1.3, 1.4, 1.5]], device="cuda")
+    bt.rep_samples.clear()
+    nt.rep_samples.clear()
+    out = latency(MODELS, b, n, bt, nt, KEY, KEY, Options(), seed=0)
+    assert out["method"] == SAMPLE_LEVEL and (out["n_base"], out["n_new"], out["reps_base"], out["reps_new"]) == \
+        (3, 3, 1, 1)
+    # Samples on one side only: the p20-p80 rule (no p20/p80 here: medians only).
+    for side in (bt, nt):
+        side.samples.clear()
+        out = latency(MODELS, b, n, bt, nt, KEY, KEY, Options(), seed=0)
+        assert out["method"] == "medians only (no samples, no p20/p80)"
