@@ -163,7 +163,8 @@ def test_every_field_of_the_estimate_is_reported() -> None:
         "new_p50": float(np.median(ns)), "reps_base": 1, "reps_new": 1}
 
 
-@pytest.mark.parametrize("new_p20, new_p80, significant", [(5.6, 6.0, True), (4.9, 6.0, False), (3.0, 3.9, True)])
+@pytest.mark.parametrize("new_p20, new_p80, significant", [(5.6, 6.0, True), (4.9, 6.0, False), (3.0, 3.9, True),
+                                                          (5.0, 6.0, False), (3.0, 4.0, False)])  # touching: overlap
 def test_without_samples_the_p20_p80_ranges_decide(new_p20: float, new_p80: float, significant: bool) -> None:
     b = {"latency_ms_p50": 4.5, "latency_ms_p20": 4.0, "latency_ms_p80": 5.0, "n_samples": 40, "device": "cuda"}
     n = {"latency_ms_p50": 5.4, "latency_ms_p20": new_p20, "latency_ms_p80": new_p80, "n_samples": 30,
