@@ -106,8 +106,9 @@ def compile(session: nox.Session) -> None:  # noqa: A001 - the session's name on
 _KERNEL_TESTS = ["-m", "not slow and not gpu"]
 MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "stats": (["bench/stats.py"],
-              ["tests/bench/test_stats_truth.py", "tests/bench/test_compare.py", "-k",
-               "test_stats_truth or known_values or fast_bootstrap or bootstrap_is_seeded"]),
+              ["tests/bench/test_stats_truth.py", "tests/bench/test_compare.py", "tests/bench/test_repeats.py", "-k",
+               "test_stats_truth or known_values or fast_bootstrap or bootstrap_is_seeded or between_run_spread"
+               " or injected_drift"]),
     "timing": (["bench/timing.py"], ["tests/bench/test_timing.py"]),
     "memory": (["bench/memory.py"], ["tests/bench/test_flops_memory.py", "-k", "memory"]),
     "flops": (["bench/flops.py"], ["tests/bench/test_flops_memory.py", "tests/bench/test_harness_truth.py", "-k",
@@ -115,7 +116,13 @@ MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "runner": (["bench/runner.py"],
                ["tests/bench/test_harness_truth.py",
                 "tests/bench/test_sweep.py::test_failures_become_rows_and_the_sweep_goes_on"]),
-    "compare": (["bench/compare.py"], ["tests/bench/test_compare.py"]),
+    # Left out (the time a surviving mutant pays for every test it ran, on 2 cores): the kernel-bench CLI test (45 s),
+    # the 300-config FDR sweep (37 s), the repeats sweep (21 s) and bench ab on two worktrees (200 s).
+    "compare": (["bench/compare.py", "bench/compare_match.py", "bench/compare_stats.py", "bench/compare_render.py"],
+                ["tests/bench/test_compare.py", "tests/bench/test_compare_env.py", "tests/bench/test_compare_stats.py",
+                 "tests/bench/test_repeats.py",
+                 "-k", "not kernel_bench_samples and not fdr_keeps_a_large_sweep and not repeats_keep_a_row"
+                 " and not bench_ab_end_to_end"]),
     # The kernels' launchers (the Python side of kernel.py, and op.py): their tests run in Triton's interpreter, so
     # these take hours on 2 cores: run them on a bigger machine.
     "depthwise": (["kernels/depthwise_conv/op.py", "kernels/depthwise_conv/kernel.py"],
@@ -159,22 +166,30 @@ def _run_mutmut(session: nox.Session, group: str, globs: list[str]) -> None:
     repo = Path(__file__).resolve().parent
     scratch = Path(session.create_tmp()) / f"mutants-{group}"
     files = subprocess.run(["git", "ls-files"], cwd=repo, check=True, capture_output=True, text=True).stdout.split()
-    for f in files:  # refresh the sources; keep scratch/mutants (mutmut's cache)
+    # mutmut's cache (scratch/mutants) keys results by the mutated function, not by the tests: a result from before a
+    # test changed would be reused, so each run starts fresh unless VB_MUTANTS_RESUME=1 (to finish a stopped run).
+    if os.environ.get("VB_MUTANTS_RESUME") != "1" and os.environ.get("VB_MUTANTS_REPORT_ONLY") != "1":
+        shutil.rmtree(scratch / "mutants", ignore_errors=True)
+    for f in files:  # refresh the sources
         dst = scratch / f
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / f, dst)
     cfg = {"source_paths": sorted({m.split("/")[0] for m in modules}), "only_mutate": modules,
            "also_copy": ["bench", "kernels", "models"], "pytest_add_cli_args_test_selection": tests,
            "pytest_add_cli_args": ["-p", "no:cacheprovider", "-o", "addopts=", "-q"],
-           # The time limit is CPU seconds per mutant (RLIMIT_CPU): a forked worker still pays pytest's start-up and
-           # imports, several CPU seconds on a loaded 2-core machine, whatever the test's own estimate.
-           "process_isolation": "forkserver", "timeout_multiplier": 5.0, "timeout_constant": 60.0}
+           # The time limit per mutant is CPU seconds (RLIMIT_CPU, so other load does not count against it):
+           # 2 · multiplier · (the tests' traced time + constant) = 4 · (t + 10) s: the forkserver has imported
+           # everything already, a worker pays pytest's collection (~1-2 CPU s), and a mutant stuck in a loop costs
+           # under a minute of CPU instead of the ten minutes the limit was before.
+           "process_isolation": "forkserver", "timeout_multiplier": 2.0, "timeout_constant": 10.0}
     with open(scratch / "pyproject.toml", "a") as fh:
         fh.write("\n" + _toml_section("tool.mutmut", cfg))
     env = {**CPU_ENV, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
     with session.chdir(scratch):
-        session.run("nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children",
-                    str(os.cpu_count() or 2), *globs, env=env, external=True, success_codes=[0, 1])
+        jobs = os.environ.get("VB_MUTANTS_JOBS", str(os.cpu_count() or 2))  # 1 on a shared machine
+        if os.environ.get("VB_MUTANTS_REPORT_ONLY") != "1":  # =1: only the report (of a stopped run)
+            session.run("nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children", jobs,
+                        *globs, env=env, external=True, success_codes=[0, 1])
         _mutants_report(session, modules, repo / "results" / "mutants" / group)
 
 
@@ -186,10 +201,15 @@ _TIMEOUT = {36, -24, 24, 152, 255}
 
 def _mutants_report(session: nox.Session, modules: list[str], out: Path) -> None:
     """results/mutants/<group>/: summary.json (counts per module) and survivors.md (each surviving mutant's diff).
-    Score = killed (a test failed) / mutants checked; timeouts and 'no tests' count as not killed."""
+
+    ``out/equivalent.json`` ({mutant name: why it cannot change behaviour}, written by hand after reading each
+    survivor) is kept: those survivors are counted apart. Per module: ``score = killed / (checked - equivalent)``
+    and ``raw_score = killed / checked``; timeouts and 'no tests' count as not killed."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
+    eq_path = out / "equivalent.json"
+    equivalent = json.loads(eq_path.read_text()) if eq_path.exists() else {}
     summary, survivors = {}, []
     for mod in modules:
         meta = Path("mutants") / f"{mod}.meta"
@@ -197,18 +217,29 @@ def _mutants_report(session: nox.Session, modules: list[str], out: Path) -> None
         checked = {k: c for k, c in codes.items() if c is not None}
         killed = sum(c in _KILLED for c in checked.values())
         timeouts = sum(c in _TIMEOUT for c in checked.values())
+        equiv = sum(c not in _KILLED and k in equivalent for k, c in checked.items())
         summary[mod] = {"mutants": len(codes), "checked": len(checked), "killed": killed, "timeout": timeouts,
-                        "survived": len(checked) - killed - timeouts,
-                        "score": round(killed / len(checked), 4) if checked else None}
+                        "survived": len(checked) - killed - timeouts, "equivalent": equiv,
+                        "score": round(killed / (len(checked) - equiv), 4) if len(checked) > equiv else None,
+                        "raw_score": round(killed / len(checked), 4) if checked else None}
         survivors += [(mod, k, c) for k, c in sorted(checked.items()) if c not in _KILLED]
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = ["# Surviving mutants", "", "| module | mutants | checked | killed | timeout | score |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {s['mutants']} | {s['checked']} | {s['killed']} | {s['timeout']} | {s['score']} |"
-              for m, s in summary.items()]
+    lines = ["# Surviving mutants", "", "score = killed / (checked - equivalent); raw = killed / checked", "",
+             "| module | mutants | checked | killed | timeout | survived | equivalent | score | raw |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {s['mutants']} | {s['checked']} | {s['killed']} | {s['timeout']} | {s['survived']} | "
+              f"{s['equivalent']} | {s['score']} | {s['raw_score']} |" for m, s in summary.items()]
+    # Every survivor's diff from one process (`mutmut show` per mutant costs seconds of start-up each).
+    names = json.dumps({name: mod for mod, name, _ in survivors})
+    script = ("import json, sys\nfrom mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+              "d = {n: get_diff_for_mutant(n, path=p) for n, p in json.loads(sys.argv[1]).items()}\n"
+              "open('mutants/survivor-diffs.json', 'w').write(json.dumps(d))")
+    session.run(sys.executable, "-c", script, names, silent=True, external=True)
+    diffs = json.loads(Path("mutants/survivor-diffs.json").read_text())
     for _mod, name, code in survivors:
-        diff = session.run(sys.executable, "-m", "mutmut", "show", name, silent=True, external=True) or ""
-        lines += ["", f"## {name} (exit {code})", "", "```diff", diff.strip(), "```"]
+        diff = diffs.get(name, "")
+        why = f"equivalent: {equivalent[name]}" if name in equivalent else "not equivalent"
+        lines += ["", f"## {name} (exit {code}; {why})", "", "```diff", diff.strip(), "```"]
     (out / "survivors.md").write_text("\n".join(lines) + "\n")
 
 
