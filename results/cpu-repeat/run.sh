@@ -19,3 +19,10 @@ PYTHONPATH=tests/bench VISIONBENCH_PLUGINS=fake_models /usr/bin/time -f "power-s
   $PY -m bench ab HEAD HEAD --repeats 3 --out "$OUT/power-sleep" --base-env VISIONBENCH_FAKE_SLEEP_MS=3.0 \
   --head-env VISIONBENCH_FAKE_SLEEP_MS=3.3 --models fake_sleep --batch-sizes 1 --min-time-s 0.3 --warmup-s 0.1 \
   --no-flops --threads 1
+# Power at a change above this VM's between-run spread: the same test model sleeping 3.9 ms in head (+30% of the
+# sleep; about +23% of the step, which also runs a linear layer and Python), three ABBA rounds.
+rm -rf "$OUT/power-sleep-30"
+PYTHONPATH=tests/bench VISIONBENCH_PLUGINS=fake_models /usr/bin/time -f "power-sleep-30 wall %e s" \
+  $PY -m bench ab HEAD HEAD --repeats 3 --out "$OUT/power-sleep-30" --base-env VISIONBENCH_FAKE_SLEEP_MS=3.0 \
+  --head-env VISIONBENCH_FAKE_SLEEP_MS=3.9 --models fake_sleep --batch-sizes 1 --min-time-s 0.3 --warmup-s 0.1 \
+  --no-flops --threads 1
