@@ -163,6 +163,12 @@ def test_repeat_run_figures(text: str) -> None:
                         r"\(([+-][\d.]+)%")
     assert (change[1] is None) == (row["verdict"] == "slower")
     assert float(change[2]) == round((row["ratio"] - 1) * 100, 1)
+    (p30, _) = run("power-sleep-30")
+    (row30,) = p30["rows"]
+    m30 = find(text, r"a known \+30% of the sleep \([\d.]+ vs [\d.]+ ms, about \+\d+% of the step\) was\s+"
+                     r"\(([+-][\d.]+)% \[([+-][\d.]+)%, ([+-][\d.]+)%\]")
+    assert row30["verdict"] == "slower"
+    assert [float(x) for x in m30.groups()] == [round((row30[k] - 1) * 100, 1) for k in ("ratio", "ci_low", "ci_high")]
     cost = float(find(text, r"`--repeats 3` cost ([\d.]+)× the wall time of one round")[1])
     assert cost == round(ab3["wall_s"] / ab1["wall_s"], 1)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
-for name in ("aa-repeats", "aa-single", "power-sleep"):
+for name in ("aa-repeats", "aa-single", "power-sleep", "power-sleep-30"):
     d = HERE / name
     if not (d / "compare.json").is_file():
         print(f"{name}: missing")
