@@ -110,7 +110,8 @@ MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
                "test_stats_truth or known_values or fast_bootstrap or bootstrap_is_seeded or between_run_spread"
                " or injected_drift"]),
     "timing": (["bench/timing.py"], ["tests/bench/test_timing.py"]),
-    "memory": (["bench/memory.py"], ["tests/bench/test_flops_memory.py", "-k", "memory"]),
+    "memory": (["bench/memory.py"], ["tests/bench/test_flops_memory.py", "tests/bench/test_measure_regimes.py", "-k",
+                                     "memory"]),
     "flops": (["bench/flops.py"], ["tests/bench/test_flops_memory.py", "tests/bench/test_harness_truth.py", "-k",
                                    "not resnet50"]),
     "runner": (["bench/runner.py"],
