@@ -119,14 +119,49 @@ def test_cuda_peak_memory_excludes_blocks_cached_before_the_step(monkeypatch: py
         st["alloc"] -= 10 * mb
         st["cached"] += 10 * mb
 
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    devices: list[object] = []
+
+    def on(device: object, what: object) -> object:  # every per-device call must name the row's device
+        devices.append(device)
+        return what
+
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: on(device, log.append("sync")))
     monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: st["peak_alloc"])
-    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: st["peak_res"])
-    mem = measure_peak_memory(step, torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: on(device, reset(device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: on(device, st["peak_alloc"]))
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: on(device, st["peak_res"]))
+    dev = torch.device("cuda", 1)
+    mem = measure_peak_memory(step, dev)
     assert log == ["sync", "empty_cache", "reset", "step", "sync"]
-    assert mem.peak_mb == 10 and mem.reserved_mb == 10
+    assert mem.peak_mb == 10 and mem.reserved_mb == 10 and mem.method == "cuda.max_memory_allocated"
+    assert devices == [dev] * 5
+
+
+def test_cpu_memory_tracker_edges_and_rss() -> None:
+    """The CPU tracker: nothing allocated -> peak 0; allocate, free, allocate again -> one tensor's bytes, not two; an
+    operator returning a Python scalar is skipped; and ``rss_bytes`` is the process' resident set."""
+    from bench.memory import CpuPeakTracker, rss_bytes
+
+    x = torch.ones(1024)
+    with CpuPeakTracker() as idle:
+        x.view(32, 32)
+    assert idle.peak == 0
+    with CpuPeakTracker() as t:
+        a = x * 2
+        del a
+        b = x * 3
+        assert float(b.sum().item()) == 3 * 1024  # item(): an operator whose result is not a tensor
+        del b
+    assert t.peak == 1024 * 4 + 4  # one 4 KB tensor alive at a time (+ the scalar sum), not two
+    assert measure_peak_memory(lambda: x * 2, torch.device("cpu")).method == "cpu-dispatch-storage-tracker"
+    with open("/proc/self/status") as f:
+        vm_rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    before = rss_bytes()
+    assert before is not None and abs(before - vm_rss) < 8 * 2**20
+    big = torch.ones(64 * 2**20 // 4)  # 64 MB, written, so resident
+    grown = rss_bytes() - before
+    assert 60 * 2**20 < grown < 80 * 2**20, grown
+    del big
 
 
 def test_compile_modes_rows_with_dynamo_statistics_and_a_forced_graph_break(tmp_path: Path, fakes: None) -> None:
