@@ -92,6 +92,8 @@ def _compare_pair(kind: _Kind, bt: Table, nt: Table, kb: tuple[str, ...], kn: tu
     b, n = bt.rows[kb], nt.rows[kn]
     name = label(kind, n)
     diff = {f: (str(b.get(f)), str(n.get(f))) for f in opts.match_ignore if f in kind.key and b.get(f) != n.get(f)}
+    if "backend" in diff:
+        diff.pop("compile_mode", None)  # implied by the backend (eager "" vs compile "default")
     if diff:
         name += " (" + "; ".join(f"{f}: {x} → {y}" for f, (x, y) in diff.items()) + ")"
     sb, sn = str(b["status"]), str(n["status"])

@@ -73,6 +73,12 @@ class Config:
     compile_mode: str = ""
     timer: str = "back-to-back"
 
+    def __post_init__(self) -> None:
+        # One spelling of torch.compile's default mode for the compiled backends, however the config was made
+        # (expand, from_dict, or directly), so keys built in code and keys read back from a file agree.
+        if self.backend in COMPILED_BACKENDS and not self.compile_mode:
+            object.__setattr__(self, "compile_mode", "default")
+
     def key(self) -> tuple[str, ...]:
         return tuple(_key_str(getattr(self, f)) for f in KEY_FIELDS)
 
@@ -93,8 +99,7 @@ class Config:
         kw["input_size"] = _as_int("input_size", kw.get("input_size") or 0, minimum=0)
         kw["channels_last"] = _as_bool(kw.get("channels_last", False))
         kw["kernels"] = str(kw.get("kernels") or "")
-        mode = str(kw.get("compile_mode") or "")
-        kw["compile_mode"] = mode or ("default" if kw["backend"] in COMPILED_BACKENDS else "")
+        kw["compile_mode"] = str(kw.get("compile_mode") or "")
         kw["timer"] = _legacy_timer(kw.get("timer"))
         return cls(**kw)
 
@@ -111,10 +116,8 @@ def _legacy_timer(v: Any) -> str:
     """A regime name; files written before the axis existed hold the timer's description in ``timer``: a flushed
     ``do_bench`` one reads as ``flushed``, anything else (the CPU's Timer, a CUDA event loop) as ``back-to-back``."""
     v = "" if v is None else str(v)
-    if v in REGIMES:
+    if v in TIMERS:
         return v
-    if not v or v == "nan":
-        return "back-to-back"
     return "flushed" if "flush" in v.lower() else "back-to-back"
 
 

@@ -123,7 +123,7 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
         raise ValueError(f"the {regime} regime needs CUDA; the CPU has back-to-back only")
     if cuda and api is None:
         api = CudaApi(device)
-    sync = api.sync if cuda and api is not None else (lambda: None)
+    sync = api.sync if api is not None else (lambda: None)  # an api exists exactly when the device is CUDA
     start = time.perf_counter()
     fn()
     sync()

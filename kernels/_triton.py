@@ -6,6 +6,7 @@ the test suite's ``conftest.py`` and the nox ``tests`` session set it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -30,15 +31,14 @@ def launch_classes() -> list[type]:
     ``run`` lives elsewhere in another Triton layout is left out (its launches would go unseen: callers' tests say so).
     """
     classes: list[type] = []
-    try:
+    # No Triton, or one without the interpreter: what was found is all there is.
+    with contextlib.suppress(Exception):
         from triton.runtime.jit import JITFunction
 
         classes.append(JITFunction)
         from triton.runtime.interpreter import InterpretedFunction
 
         classes.append(InterpretedFunction)
-    except Exception:  # noqa: BLE001 - no Triton, or one without the interpreter: what was found is all there is
-        pass
     return [c for c in classes if "run" in c.__dict__]
 
 

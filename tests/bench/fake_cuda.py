@@ -22,7 +22,7 @@ class _Event:
         self.t = self.clock.now
 
     def synchronize(self) -> None:
-        pass
+        """Nothing to wait for: the fake clock only advances when a fake call runs."""
 
     def elapsed_time(self, other: _Event) -> float:
         return other.t - self.t
@@ -39,6 +39,7 @@ class FakeApi(ct.CudaApi):
         self.flushes = 0
         self.captures = 0
         self.log: list[str] = []
+        self._in_graph = False  # True while a captured graph replays (no launch overhead)
 
     def event(self) -> _Event:
         return _Event(self.clock)
@@ -58,8 +59,6 @@ class FakeApi(ct.CudaApi):
         """The function being timed (eager: with its launch overhead)."""
         self.clock.now += self.call_ms + (0.0 if self._in_graph else self.launch_ms)
         self.log.append("call")
-
-    _in_graph = False
 
     def capture(self, fn: Callable[[], Any]) -> Callable[[], None]:
         self.captures += 1
