@@ -338,10 +338,12 @@ def _launch_rows(base: dict[str, Any], case: Sequence[Launch], arch: GpuArch,
     return rows
 
 
-def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch: GpuArch) -> list[dict[str, Any]]:
+def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch: GpuArch,
+                       input_size: int = 0) -> list[dict[str, Any]]:
     """One row per Triton launch that ``model`` makes end to end with every kernel switched in — what
     ``run --backends triton --modes MODE`` launches on a GPU, at the model's own shapes (the registry's named shapes
-    may not cover them: another batch size changes windows per program, splits and grids).
+    may not cover them: another batch size changes windows per program, splits and grids). ``input_size`` (square
+    side in pixels; 0: the model's own) as ``run --input-size``; the row's ``shape`` then names it (``_224px``).
 
     The model's step (forward for ``infer``; forward, backward and optimizer step for ``train``) runs on the CPU
     under :func:`record_launches`; kernel outputs are zero-filled (:class:`kernels._triton.poison_outputs`), so the
@@ -351,11 +353,13 @@ def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch:
     from bench.runner import Unsupported, build_step
     from kernels._triton import poison_outputs
 
-    base = {"kernel": "", "shape": f"{model}_b{batch_size}", "dtype": dtype, "direction": mode, "arch": arch.name,
+    px = f"_{input_size}px" if input_size else ""
+    base = {"kernel": "", "shape": f"{model}_b{batch_size}{px}", "dtype": dtype, "direction": mode, "arch": arch.name,
             "triton_version": _triton_version()}
     try:
         with record_launches(arch.sm_count) as launches, poison_outputs(0.0):
-            step, _ = build_step(Config(model, "triton", mode, "cpu", dtype, batch_size, False, "all"))
+            step, _ = build_step(Config(model, "triton", mode, "cpu", dtype, batch_size, False, "all",
+                                        input_size))
             step()
             case = list(launches)
     except Unsupported as e:

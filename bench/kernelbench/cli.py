@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(what `run --backends triton` launches), instead of the kernels' named shapes")
     p.add_argument("--batch-sizes", nargs="+", type=int, metavar="N", help="with --models (default 1)")
     p.add_argument("--modes", nargs="+", metavar="MODE", help="with --models: infer train (default infer)")
+    p.add_argument("--input-size", type=int, default=0, metavar="PX",
+                   help="with --models: square input side in pixels, as `run --input-size` (default: each model's own)")
     p.add_argument("--kernels", nargs="+", metavar="NAME", help="default: every registered kernel")
     p.add_argument("--shapes", nargs="+", metavar="NAME", help="named shapes (default: all of the chosen set)")
     p.add_argument("--dtypes", nargs="+", metavar="DTYPE",
@@ -121,6 +123,11 @@ class _Plan:
         if any(b < 1 for b in self.batch_sizes):
             raise BadInputError(f"--batch-sizes must be positive, got {self.batch_sizes}")
         self.modes = list(dict.fromkeys(getattr(args, "modes", None) or ["infer"]))
+        self.input_size = int(getattr(args, "input_size", 0) or 0)
+        if self.input_size and not self.models:
+            raise BadInputError("--input-size works with --compile --models (the kernels' named shapes are fixed)")
+        if self.input_size < 0:
+            raise BadInputError(f"--input-size must be a positive number of pixels, got {self.input_size}")
         for m in self.modes:
             validate_choice("mode", m, ["infer", "train"])
         arch = getattr(args, "arch", None) or "sm_90"
@@ -393,9 +400,10 @@ def run_bench(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
 
 
 def compile_model_cases(cases: Sequence[tuple[str, int, str, str]], arch: Any, writer: RowWriter | None,
-                        env: dict[str, Any], plan: _Plan | None = None) -> list[dict[str, Any]]:
+                        env: dict[str, Any], plan: _Plan | None = None, input_size: int = 0) -> list[dict[str, Any]]:
     """Compile what each ``(model, batch size, dtype, mode)`` launches end to end (``--compile --models`` and
-    ``gpu_job --preflight``), rows appended to ``writer`` as they come."""
+    ``gpu_job --preflight``), rows appended to ``writer`` as they come; ``input_size`` (pixels, 0: each model's own)
+    as ``run --input-size``."""
     from collections import Counter
 
     from .aot import compile_model_case
@@ -404,8 +412,9 @@ def compile_model_cases(cases: Sequence[tuple[str, int, str, str]], arch: Any, w
         seen = Counter((r.get("triton_kernel", "-"), r["status"]) for r in rs)
         return ", ".join(f"{n}× {k} {st}" for (k, st), n in seen.items())
 
-    return _each_case(cases, writer, env, lambda *c: compile_model_case(*c, arch), count, plan, "compile",
-                      label=lambda c: f"{c[0]} b{c[1]} {c[2]} {c[3]}")
+    px = f" {input_size}px" if input_size else ""
+    return _each_case(cases, writer, env, lambda *c: compile_model_case(*c, arch, input_size=input_size), count,
+                      plan, "compile", label=lambda c: f"{c[0]} b{c[1]}{px} {c[2]} {c[3]}")
 
 
 def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
@@ -417,7 +426,7 @@ def run_compile(plan: _Plan) -> tuple[int, list[dict[str, Any]]]:
         dtypes = [dtype_name(d) for d in plan.dtypes["compile_models"]]
         cases = [(m, b, dt, mode) for m in plan.models for b in plan.batch_sizes for dt in dtypes
                  for mode in plan.modes]
-        rows = compile_model_cases(cases, plan.arch, writer, env, plan)
+        rows = compile_model_cases(cases, plan.arch, writer, env, plan, input_size=plan.input_size)
     else:
         rows = _each_case(plan.cases("compile"), writer, env, lambda *c: compile_case(*c, plan.arch, plan.seed),
                           lambda _, rs: ", ".join(f"{r.get('triton_kernel', '?')} {r['status']}" for r in rs),

@@ -64,6 +64,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
             c.shutdown()
 
 
+def test_the_ray_tests_share_one_xdist_worker(request: pytest.FixtureRequest) -> None:
+    """Under ``--dist loadgroup`` (``nox -s tests``) xdist marks this module's tests with its group ("@ray" on the
+    node id) and sends them to one worker. pytest 9.2 with pytest-xdist 3.8 drops the mark silently
+    (pytest-dev/pytest-xdist#1386): the module's clusters then start on two workers at once, on the same ports."""
+    if not request.config.getoption("loadgroup", False):
+        pytest.skip("not running under pytest-xdist --dist loadgroup")
+    assert request.node.nodeid.endswith("@ray"), (request.node.nodeid, pytest.__version__)
+
+
 def _cpu_sweep() -> list[Config]:
     return expand(["basic_cnn"], [1, 2], ["fp32"], ["cpu"], ["infer"], ["eager"])
 

@@ -133,9 +133,10 @@ def test_fp64_window_attention_fits_an_sm89_block(tmp_path: Path) -> None:
     assert (df["status"] == "ok").all() and (df["smem_bytes"] <= ARCHS["sm_89"].smem_per_block).all()
 
 
-def _compile_models(out: Path, models: list[str], modes: list[str]) -> pd.DataFrame:
+def _compile_models(out: Path, models: list[str], modes: list[str], extra: tuple[str, ...] = ()) -> pd.DataFrame:
     proc = subprocess.run([sys.executable, "-m", "bench", "kernels", "--compile", "--models", *models,
-                           "--batch-sizes", "1", "--dtypes", "fp32", "--modes", *modes, "--out", str(out)], cwd=REPO,
+                           "--batch-sizes", "1", "--dtypes", "fp32", "--modes", *modes, *extra, "--out", str(out)],
+                          cwd=REPO,
                           env=_no_interp_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return pd.read_csv(out / "kernels_compile.csv")
@@ -152,26 +153,31 @@ def test_models_end_to_end_launches_compile_for_sm90(tmp_path: Path) -> None:
     * EfficientNet-B0's train step: its 48 backward launches are 25 more variants to compile (each layer's own
       shape); the depthwise backward kernels are compiled at a real shape by ``test_every_registered_kernel...``.
     * batch 2: the launch counts below do not depend on the batch, and batch 1 halves the CPU work of the models'
-      own layers (Faster R-CNN trains at 800x800).
+      own layers.
+    * Faster R-CNN at 800x800: the first call runs at ``--input-size 224`` (Swin-T's and ResNet-18's own size), which
+      cuts the CPU work of Faster R-CNN's own layers about 13-fold (its train step at 800 px was about 25 s of this
+      test); the ROI Align launches are the same kernels with another box count and feature-map size, and the real
+      size is compiled by ``gpu_job --preflight``.
     * bf16: the model's own layers run on the CPU around the recorded launches, and on a CPU without native bf16
       (AVX2) a bf16 Faster R-CNN train step takes minutes in PyTorch's fallback convolution (this test alone went
       past 20 minutes there). The bf16 launches of the real shapes are compiled by
       ``test_every_registered_kernel...``."""
     df = pd.concat([_compile_models(tmp_path / "both", ["swin_t", "fasterrcnn_resnet50_fpn", "resnet18"],
-                                    ["infer", "train"]),
+                                    ["infer", "train"], ("--input-size", "224")),
                     _compile_models(tmp_path / "infer", ["efficientnet_b0"], ["infer"])])
     per = df.groupby(["shape", "direction", "kernel", "triton_kernel"]).size().to_dict()
-    assert per[("swin_t_b1", "infer", "window_attention", "_wattn_fwd_kernel")] == 12  # one per Swin-T block
-    assert per[("swin_t_b1", "train", "window_attention", "_wattn_bwd_rows_kernel")] == 12
+    assert per[("swin_t_b1_224px", "infer", "window_attention", "_wattn_fwd_kernel")] == 12  # one per Swin-T block
+    assert per[("swin_t_b1_224px", "train", "window_attention", "_wattn_bwd_rows_kernel")] == 12
     assert per[("efficientnet_b0_b1", "infer", "depthwise_conv", "_dw_conv_planar_kernel")] == 16  # B0's dw convs
-    assert per[("fasterrcnn_resnet50_fpn_b1", "infer", "roi_align", "_roi_align_fwd_kernel")] == 1  # all levels at once
-    assert per[("fasterrcnn_resnet50_fpn_b1", "train", "roi_align", "_roi_align_bwd_kernel")] == 1
+    frcnn = "fasterrcnn_resnet50_fpn_b1_224px"
+    assert per[(frcnn, "infer", "roi_align", "_roi_align_fwd_kernel")] == 1  # all levels at once
+    assert per[(frcnn, "train", "roi_align", "_roi_align_bwd_kernel")] == 1
     assert set(zip(df["shape"], df["direction"])) == {
-        (f"{m}_b1", d) for m in ("swin_t", "fasterrcnn_resnet50_fpn", "resnet18") for d in ("infer", "train")
+        (f"{m}_b1_224px", d) for m in ("swin_t", "fasterrcnn_resnet50_fpn", "resnet18") for d in ("infer", "train")
     } | {("efficientnet_b0_b1", "infer")}
-    ok = df[df["shape"] != "resnet18_b1"]
+    ok = df[df["shape"] != "resnet18_b1_224px"]
     assert (ok["status"] == "ok").all(), ok[ok["status"] != "ok"][["shape", "message"]]
-    assert set(df[df["shape"] == "resnet18_b1"]["status"]) == {"unsupported"}  # no hot path
+    assert set(df[df["shape"] == "resnet18_b1_224px"]["status"]) == {"unsupported"}  # no hot path
 
 
 @pytest.mark.parametrize(("argv", "needle"), [
@@ -182,6 +188,8 @@ def test_models_end_to_end_launches_compile_for_sm90(tmp_path: Path) -> None:
     (["--compile", "--models", "swin_tt"], "unknown model 'swin_tt'"),
     (["--compile", "--models", "swin_t", "--dtypes", "fp64"], "fp64 is a kernel-only dtype"),
     (["--compile", "--models", "swin_t", "--modes", "eval"], "unknown mode 'eval'"),
+    (["--compile", "--input-size", "64"], "--input-size works with --compile --models"),
+    (["--compile", "--models", "swin_t", "--input-size", "-8"], "--input-size must be a positive number"),
 ])
 def test_compile_bad_input_exits_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert kernels_cli(argv) == 2
