@@ -20,6 +20,9 @@ class _Behaviour(nn.Module):
         super().__init__()
         self.lin = nn.Linear(8, 4)
         self.action = action
+        if action == "pid" and os.environ.get("VISIONBENCH_FAKE_PID_FILE"):  # which process built it, and its parent
+            with open(os.environ["VISIONBENCH_FAKE_PID_FILE"], "a") as f:
+                f.write(f"{os.getpid()} {os.getppid()}\n")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.action == "raise":
@@ -50,7 +53,7 @@ def _register(name: str, action: str) -> None:
 
 
 FAKES = {"fake_raise": "raise", "fake_oom": "oom", "fake_hang": "hang", "fake_die": "die", "fake_ok": "ok",
-         "fake_sleep": "sleep", "fake_graph_break": "graph_break"}
+         "fake_sleep": "sleep", "fake_graph_break": "graph_break", "fake_pid": "pid"}
 
 
 def register_all() -> None:

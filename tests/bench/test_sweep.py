@@ -123,13 +123,22 @@ def test_timeout_in_process(tmp_path: Path, fakes: None) -> None:
 
 
 def test_isolate_turns_a_dying_worker_into_a_crashed_row(tmp_path: Path) -> None:
-    out = tmp_path / "iso"
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--models", "fake_die", "fake_ok", "--isolate",
-                           "--no-flops", "--out", str(out), *FAST], env=_env(), cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    """``--isolate``: a worker that dies is a ``crashed`` row and the sweep goes on; every config is built in a
+    process of its own, forked from one server (``bench.sweep.isolation_context``), not from the sweep's process."""
+    out, pids = tmp_path / "iso", tmp_path / "pids.txt"
+    env = {**_env(), "VISIONBENCH_FAKE_PID_FILE": str(pids)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--models", "fake_die", "fake_pid",
+                             "--batch-sizes", "1", "2", "--isolate", "--no-flops", "--out", str(out), *FAST], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-2000:]
     df = read_results(out / "results.csv")
-    assert dict(zip(df.model, df.status)) == {"fake_die": "crashed", "fake_ok": "ok"}
+    assert set(zip(df.model, df.status)) == {("fake_die", "crashed"), ("fake_pid", "ok")} and len(df) == 4
+    built = [tuple(map(int, line.split())) for line in pids.read_text().splitlines()]
+    # one build per measured config (the harness may build a model more than once within its worker)
+    workers, parents = {pid for pid, _ in built}, {ppid for _, ppid in built}
+    assert len(workers) == 2 and proc.pid not in workers  # b1 and b2 each in a fresh process
+    assert len(parents) == 1 and proc.pid not in parents  # both forked from the one isolation server
 
 
 def test_kill_and_resume_yields_the_uninterrupted_set(tmp_path: Path, fakes: None) -> None:
