@@ -169,18 +169,17 @@ def test_cpu_memory_tracker_edges_and_rss() -> None:
 
 
 def test_compile_modes_rows_with_dynamo_statistics_and_a_forced_graph_break(tmp_path: Path, fakes: None) -> None:
+    """Both modes from the CLI, on a one-layer model that Dynamo must split in two (basic_cnn's single graph is checked
+    by the cold/warm test below: a conv net's compile per mode is the expensive part of this test, not its point)."""
     out = tmp_path / "run"
-    rc = main(["run", "--models", "basic_cnn", "fake_graph_break", "--backends", "compile", "--compile-mode",
-               "default", "max-autotune", "--input-size", "32", "--out", str(out), *FAST])
+    rc = main(["run", "--models", "fake_graph_break", "--backends", "compile", "--compile-mode", "default",
+               "max-autotune", "--out", str(out), *FAST])
     assert rc == 0
     df = read_results(out / "results.csv")
-    assert set(df["status"]) == {"ok"} and len(df) == 4
+    assert set(df["status"]) == {"ok"} and len(df) == 2
     for _, r in df.iterrows():
         assert r["compile_cache"].startswith("cold") and int(r["recompiles"]) == 0
-        if r["model"] == "basic_cnn":
-            assert int(r["dynamo_graphs"]) == 1 and int(r["graph_breaks"]) == 0
-        else:  # the forced break: two graphs, one break, reported per row
-            assert int(r["dynamo_graphs"]) == 2 and int(r["graph_breaks"]) >= 1
+        assert int(r["dynamo_graphs"]) == 2 and int(r["graph_breaks"]) >= 1  # the forced break, reported per row
     assert set(df["compile_mode"]) == {"default", "max-autotune"}
 
 
@@ -195,6 +194,8 @@ def test_cold_compile_costs_more_than_a_warm_cache_hit(tmp_path: Path, monkeypat
     assert cold["compile_cache"].startswith("cold") and warm["compile_cache"].startswith("warm")
     assert "non-empty before" in warm["compile_cache"]
     assert cold["compile_ms"] > warm["compile_ms"]
+    for r in (cold, warm):  # a conv net without data-dependent control flow: one graph, no break, no recompile
+        assert (int(r["dynamo_graphs"]), int(r["graph_breaks"]), int(r["recompiles"])) == (1, 0, 0)
 
 
 def test_a_failing_compiled_config_leaves_no_cache_dir_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
