@@ -7,7 +7,10 @@ direction:
 1. **Record.** The kernel's Triton path runs on CPU tensors inside :class:`kernels._triton.emulate_gpu` (launchers
    make the choices they make for CUDA tensors: tile sizes, split counts, ``num_warps``, no interpreter
    workarounds) while ``JITFunction.run`` is replaced by a recorder: every ``kernel[grid](...)`` is kept with its
-   arguments and nothing runs (outputs hold garbage, which no later launch parameter depends on).
+   arguments and nothing runs (outputs hold garbage, which no later launch parameter depends on). In a whole-model
+   step (``--models``) on a CPU without native bf16/fp16, the model's own half-precision convolutions and matrix
+   products are computed in fp32 and rounded (:class:`_Fp32EagerMath`, column ``eager_math``): same shapes, dtypes and
+   strides at a fraction of the reference path's time.
 2. **Specialize.** Each recorded launch goes through the JIT's own binder (``create_function_from_signature`` and
    ``JITFunction._pack_args``, as ``JITFunction.run`` does) against the target's backend, so the signature,
    constexprs, 16-byte-divisibility attributes and options equal those of a real launch with these tensors.
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels._triton import emulate_gpu
 from kernels.registry import KernelSpec
@@ -78,7 +82,7 @@ ARCHS: dict[str, GpuArch] = {
 AOT_COLUMNS = [
     "kernel", "shape", "dtype", "direction", "launch", "triton_kernel", "status", "message", "arch", "num_warps",
     "num_stages", "programs", "waves", "regs", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "smem_bytes",
-    "blocks_per_sm", "occupancy_pct", "compile_s", "constexprs", "triton_version",
+    "blocks_per_sm", "occupancy_pct", "compile_s", "constexprs", "triton_version", "eager_math",
 ]
 
 
@@ -338,6 +342,47 @@ def _launch_rows(base: dict[str, Any], case: Sequence[Launch], arch: GpuArch,
     return rows
 
 
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Fp32EagerMath(TorchDispatchMode):
+    """While recording a model step: its own convolutions and matrix products in ``dtype`` computed in fp32 and
+    rounded back to ``dtype``.
+
+    On a CPU without native bf16/fp16 (AVX2) PyTorch runs these on reference paths (measured here under load: a 1x1
+    convolution 16x and a matmul 41x fp32's time; :mod:`bench.cpu_isa`), which made one half-precision EfficientNet
+    or Swin step at the GPU job's batch sizes take minutes. A launch depends on the shapes, dtypes, strides and
+    integer arguments of the tensors that reach it, which this keeps: the rounded fp32 result has the native op's
+    shape, dtype and memory format; only its values differ by rounding, and the recorded kernels' own outputs are
+    zeros anyway. Detection models are left native: their box counts (a launch's grid) depend on the values."""
+
+    OPS = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+                     torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default})
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in self.OPS and any(isinstance(a, torch.Tensor) and a.dtype == self.dtype for a in args):
+            def up(a: Any) -> Any:
+                return a.float() if isinstance(a, torch.Tensor) and a.dtype == self.dtype else a
+
+            return func(*map(up, args), **kwargs).to(self.dtype)  # preserve_format: the same strides
+        return func(*args, **kwargs)
+
+
+def eager_math_for(model: str, dtype: str) -> str:
+    """``"fp32-emulated"`` when :class:`_Fp32EagerMath` applies to this model step on this CPU, else ``"native"``."""
+    import models
+    from bench.cpu_isa import cpu_isa
+
+    if dtype not in _HALF or cpu_isa()[f"cpu_{dtype}_native"] or models.get_spec(model).task == "detection":
+        return "native"
+    return "fp32-emulated"
+
+
 def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch: GpuArch,
                        input_size: int = 0) -> list[dict[str, Any]]:
     """One row per Triton launch that ``model`` makes end to end with every kernel switched in — what
@@ -354,10 +399,12 @@ def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch:
     from kernels._triton import poison_outputs
 
     px = f"_{input_size}px" if input_size else ""
+    math = eager_math_for(model, dtype)
     base = {"kernel": "", "shape": f"{model}_b{batch_size}{px}", "dtype": dtype, "direction": mode, "arch": arch.name,
-            "triton_version": _triton_version()}
+            "triton_version": _triton_version(), "eager_math": math}
+    emulate = _Fp32EagerMath(_HALF[dtype]) if math == "fp32-emulated" else contextlib.nullcontext()
     try:
-        with record_launches(arch.sm_count) as launches, poison_outputs(0.0):
+        with record_launches(arch.sm_count) as launches, poison_outputs(0.0), emulate:
             step, _ = build_step(Config(model, "triton", mode, "cpu", dtype, batch_size, False, "all",
                                         input_size))
             step()

@@ -215,3 +215,65 @@ def test_emulated_launch_parameters_are_the_gpu_ones() -> None:
     assert plain.endswith("reference 1") and emulated.endswith("triton 132")
     assert emulated.startswith("(1, 8, 128)")  # GPU: 128-wide rows, ~1024 outputs per program
     assert plain.startswith("(4, 64, 64)")  # the interpreter's few big tiles
+
+
+def test_fp32_eager_math_keeps_what_a_launch_sees() -> None:
+    """The recording's half-precision stand-in (``_Fp32EagerMath``): each convolution / matrix product in bf16 is the
+    fp32 result rounded to bf16 — same shape, dtype and strides (channels_last kept) as the native op — and other ops
+    pass through untouched."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.kernelbench.aot import _Fp32EagerMath
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 9, 7, generator=g).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    w = torch.randn(16, 8, 3, 3, generator=g).to(torch.bfloat16)
+    a, b = (torch.randn(5, 12, generator=g).to(torch.bfloat16), torch.randn(12, 3, generator=g).to(torch.bfloat16))
+    native = (F.conv2d(x, w, padding=1), a @ b, torch.relu(a))
+    with _Fp32EagerMath(torch.bfloat16):
+        emulated = (F.conv2d(x, w, padding=1), a @ b, torch.relu(a))
+    want = (F.conv2d(x.float(), w.float(), padding=1).bfloat16(), (a.float() @ b.float()).bfloat16(), torch.relu(a))
+    for n, e, r in zip(native, emulated, want):
+        assert (e.shape, e.dtype, e.stride()) == (n.shape, n.dtype, n.stride())
+        assert torch.equal(e, r)  # computed in fp32, rounded once
+    assert emulated[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_half_precision_models_record_the_same_launches_with_fp32_eager_math() -> None:
+    """What ``gpu_job --preflight`` relies on to record bf16 EfficientNet / Swin steps at fp32 speed on an AVX2 CPU:
+    the launches (kernel, grid, every argument's shape, stride and dtype, every scalar) are those of the native bf16
+    step. Faster R-CNN stays native (its box count, a grid, depends on the values): checked by ``eager_math_for``."""
+    script = (
+        "import contextlib\n"
+        "import torch\n"
+        "from bench.config import Config\n"
+        "from bench.cpu_isa import cpu_isa\n"
+        "from bench.runner import build_step\n"
+        "from bench.kernelbench.aot import record_launches, _Fp32EagerMath, eager_math_for\n"
+        "from kernels._triton import poison_outputs\n"
+        "def sig(a):\n"
+        "    return (tuple(a.shape), a.stride(), str(a.dtype)) if isinstance(a, torch.Tensor) else repr(a)\n"
+        "def launches(model, emulate):\n"
+        "    torch.manual_seed(0)\n"
+        "    cm = _Fp32EagerMath(torch.bfloat16) if emulate else contextlib.nullcontext()\n"
+        "    with record_launches(132) as ls, poison_outputs(0.0), cm:\n"
+        "        step, _ = build_step(Config(model, 'triton', 'infer', 'cpu', 'bf16', 1, False, 'all', 64))\n"
+        "        step()\n"
+        "    return [(l.fn.__name__, str(l.grid), [sig(a) for a in l.args], sorted(l.kwargs.items())) for l in ls]\n"
+        "for m in ('efficientnet_b0', 'swin_t'):\n"
+        "    a, b = launches(m, False), launches(m, True)\n"
+        "    assert a and a == b, (m, len(a), len(b))\n"
+        "    print(m, len(a), eager_math_for(m, 'bf16'), eager_math_for(m, 'fp32'))\n"
+        "print('fasterrcnn_resnet50_fpn', eager_math_for('fasterrcnn_resnet50_fpn', 'bf16'))\n"
+        "print(cpu_isa()['cpu_bf16_native'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_no_interp_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.split("\n")
+    native_bf16 = lines[3] == "True"  # this CPU (bench.cpu_isa): AVX2 here, so the bf16 steps are emulated
+    assert lines[0].split()[:2] == ["efficientnet_b0", "16"] and lines[1].split()[:2] == ["swin_t", "12"]
+    for line in lines[:2]:  # bf16 emulated exactly when the CPU has no native bf16; fp32 never
+        assert line.split()[2:] == ["native" if native_bf16 else "fp32-emulated", "native"]
+    assert lines[2] == "fasterrcnn_resnet50_fpn native"
