@@ -354,7 +354,11 @@ class _Fp32EagerMath(TorchDispatchMode):
     or Swin step at the GPU job's batch sizes take minutes. A launch depends on the shapes, dtypes, strides and
     integer arguments of the tensors that reach it, which this keeps: the rounded fp32 result has the native op's
     shape, dtype and memory format; only its values differ by rounding, and the recorded kernels' own outputs are
-    zeros anyway. Detection models are left native: their box counts (a launch's grid) depend on the values."""
+    zeros anyway. Detection models are not emulated: their box counts (a launch's grid) depend on the values (Faster
+    R-CNN at 128 px: 831 boxes native, 829 emulated), and the roi_align launch then goes through the Triton wrapper's
+    higher-order op, which adds launch options; on such a CPU their half-precision steps are ``unsupported`` (a native
+    bf16 Faster R-CNN step took 336 s here at 224 px, so about an hour at 800 px) — the kernel cases compile
+    roi_align in bf16/fp16 at Faster R-CNN's real shapes."""
 
     OPS = frozenset({torch.ops.aten.convolution.default, torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
                      torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default})
@@ -395,6 +399,7 @@ def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch:
     layers after a recorded kernel see finite values and later kernels get launched as they would be.
     """
     from bench.config import Config
+    from bench.cpu_isa import cpu_isa
     from bench.runner import Unsupported, build_step
     from kernels._triton import poison_outputs
 
@@ -402,6 +407,11 @@ def compile_model_case(model: str, batch_size: int, dtype: str, mode: str, arch:
     math = eager_math_for(model, dtype)
     base = {"kernel": "", "shape": f"{model}_b{batch_size}{px}", "dtype": dtype, "direction": mode, "arch": arch.name,
             "triton_version": _triton_version(), "eager_math": math}
+    if math == "native" and dtype in _HALF and not cpu_isa()[f"cpu_{dtype}_native"]:
+        return [{**base, "launch": 0, "status": "unsupported",
+                 "message": f"no native {dtype} on this CPU ({cpu_isa()['cpu_capability']}) and this model's launches "
+                            f"depend on its values, so its {dtype} step would run on PyTorch's reference path (hours "
+                            f"for a detector at full size); the kernel cases compile its kernels at its real shapes"}]
     emulate = _Fp32EagerMath(_HALF[dtype]) if math == "fp32-emulated" else contextlib.nullcontext()
     try:
         with record_launches(arch.sm_count) as launches, poison_outputs(0.0), emulate:

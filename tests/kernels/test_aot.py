@@ -243,7 +243,8 @@ def test_fp32_eager_math_keeps_what_a_launch_sees() -> None:
 def test_half_precision_models_record_the_same_launches_with_fp32_eager_math() -> None:
     """What ``gpu_job --preflight`` relies on to record bf16 EfficientNet / Swin steps at fp32 speed on an AVX2 CPU:
     the launches (kernel, grid, every argument's shape, stride and dtype, every scalar) are those of the native bf16
-    step. Faster R-CNN stays native (its box count, a grid, depends on the values): checked by ``eager_math_for``."""
+    step. Faster R-CNN is not emulated (its box count, a grid, depends on the values): without native bf16 its bf16
+    step is ``unsupported`` with the reason."""
     script = (
         "import contextlib\n"
         "import torch\n"
@@ -266,14 +267,19 @@ def test_half_precision_models_record_the_same_launches_with_fp32_eager_math() -
         "    assert a and a == b, (m, len(a), len(b))\n"
         "    print(m, len(a), eager_math_for(m, 'bf16'), eager_math_for(m, 'fp32'))\n"
         "print('fasterrcnn_resnet50_fpn', eager_math_for('fasterrcnn_resnet50_fpn', 'bf16'))\n"
+        "from bench.kernelbench.aot import ARCHS, compile_model_case\n"
+        "[r] = compile_model_case('fasterrcnn_resnet50_fpn', 1, 'bf16', 'infer', ARCHS['sm_90'])\n"
+        "print(r['status'], r['message'])\n"
         "print(cpu_isa()['cpu_bf16_native'])\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_no_interp_env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.split("\n")
-    native_bf16 = lines[3] == "True"  # this CPU (bench.cpu_isa): AVX2 here, so the bf16 steps are emulated
+    native_bf16 = lines[4] == "True"  # this CPU (bench.cpu_isa): AVX2 here, so the bf16 steps are emulated
     assert lines[0].split()[:2] == ["efficientnet_b0", "16"] and lines[1].split()[:2] == ["swin_t", "12"]
     for line in lines[:2]:  # bf16 emulated exactly when the CPU has no native bf16; fp32 never
         assert line.split()[2:] == ["native" if native_bf16 else "fp32-emulated", "native"]
     assert lines[2] == "fasterrcnn_resnet50_fpn native"
+    if not native_bf16:  # a detector's bf16 step is not emulated (values steer its grids): unsupported, said why
+        assert lines[3].startswith("unsupported no native bf16 on this CPU"), lines[3]
