@@ -35,8 +35,9 @@ project's ``@triton.jit`` kernels that this job would make — the kernel cases 
 (:mod:`bench.kernelbench.aot`), into ``OUT/kernels_compile.csv`` and ``OUT/report.md``; exit 1 if one would not compile
 or launch. On a CPU without native bf16 the bf16 model steps' own convolutions and matmuls run in fp32, rounded to
 bf16 (``eager_math`` column; the launches are the same, tested); Faster R-CNN's box counts depend on the values, so
-there its bf16 configs are ``unsupported`` (its kernel cases cover roi_align in bf16 at its real shapes). The Triton code that inductor and FlexAttention generate (the ``compile`` and FlexAttention providers, the
-``compile`` model configs) is not covered: it only exists once those compile on the GPU.
+there its bf16 configs are ``unsupported`` (its kernel cases cover roi_align in bf16 at its real shapes). The Triton
+code that inductor and FlexAttention generate (the ``compile`` and FlexAttention providers, the ``compile`` model
+configs) is not covered: it only exists once those compile on the GPU.
 """
 
 from __future__ import annotations
