@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.utils.benchmark
@@ -28,7 +29,7 @@ from fake_cuda import FakeApi, _Event
 
 from bench import cuda_timing as ct
 from bench import timing
-from bench.timing import OverConfigBudget, time_fn
+from bench.timing import NOISE_IQR, OverConfigBudget, Timing, summarize, time_fn
 
 START_MS = 1024_000.0  # the fake wall clock's first reading: 1024 s
 
@@ -394,3 +395,36 @@ def test_time_fn_on_cuda_without_an_api_uses_the_device_it_was_given(clock: Simp
     assert t.samples_ms == pytest.approx([1.953125] * 2, rel=1e-9) and t.inner_loops == 2
     syncs = [e for e in cuda_log if e[0] == "synchronize"]
     assert syncs == [("synchronize", torch.device("cuda", 1))] * 3  # first call and 2 warm-up calls
+
+
+def test_summary_statistics_at_their_edges() -> None:
+    one = summarize([5.0])
+    assert one == {"p50": 5.0, "p20": 5.0, "p80": 5.0, "mean": 5.0, "std": 0.0, "min": 5.0, "max": 5.0, "n": 1.0,
+                   "iqr_over_median": 0.0}
+    two = summarize([3.0, 1.0])  # numpy's linear interpolation between the two
+    assert (two["p20"], two["p50"], two["p80"]) == pytest.approx((1.4, 2.0, 2.6))
+    assert (two["min"], two["max"], two["std"]) == pytest.approx((1.0, 3.0, 2**0.5))
+    assert two["iqr_over_median"] == pytest.approx((2.5 - 1.5) / 2.0)
+    assert summarize([0.0, 0.0, 0.0])["iqr_over_median"] == 0.0  # a zero median: no ratio, not a division error
+    x = [4.0, 1.0, 9.0, 2.0, 7.0, 3.0]
+    s = summarize(x)
+    assert s["min"] == 1.0 and s["max"] == 9.0
+    q25, q50, q75 = np.quantile(x, [0.25, 0.5, 0.75])
+    assert s["iqr_over_median"] == pytest.approx((q75 - q25) / q50)
+
+
+def test_timing_figures_and_the_noise_rule() -> None:
+    def timing_with(**kw: Any) -> Timing:
+        return Timing([1.0], 1.0, 0.0, "m", **kw)
+
+    assert timing_with(stats={"mean": 3.0}).per_call_ms == 3.0  # no totals: the mean
+    assert timing_with(stats={"mean": 3.0}, total_ms=10.0, calls=4).per_call_ms == 2.5
+    assert not timing_with(stats={"iqr_over_median": NOISE_IQR}).noisy  # noisy means over 10%
+    assert timing_with(stats={"iqr_over_median": 0.1001}).noisy
+
+
+def test_regime_errors_name_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"^unknown timing regime 'warm'; valid: back-to-back, flushed, cudagraph$"):
+        time_fn(lambda: None, "cpu", regime="warm")
+    with pytest.raises(ValueError, match=r"^the flushed regime needs CUDA; the CPU has back-to-back only$"):
+        time_fn(lambda: None, "cpu", regime="flushed")
