@@ -164,7 +164,10 @@ def test_the_budget_is_min_samples_estimated_calls_plus_10_percent(clock: Simple
 def test_a_capped_config_is_timed_in_single_calls_that_fit(clock: SimpleNamespace) -> None:
     # 62.5 ms calls, cap 0.5 s: first call + 2 warm-up calls leave 312.5 ms = 5 calls (10 asked for).
     fn = Step(clock, lambda i: 62.5)
-    t = time_fn(fn, "cpu", threads=2, warmup_s=0.0, min_time_s=1.0, min_samples=10, max_s=0.5)
+    after_first: list[int] = []  # the calls made when after_first runs: only the first
+    t = time_fn(fn, "cpu", threads=2, warmup_s=0.0, min_time_s=1.0, min_samples=10, max_s=0.5,
+                after_first=lambda: after_first.append(fn.n))
+    assert after_first == [1]
     assert t.reduced and t.samples_ms == pytest.approx([62.5] * 5, rel=1e-9) and fn.n == 8
     assert t.calls == 5 and t.total_ms == pytest.approx(312.5, rel=1e-9) and t.per_call_ms == pytest.approx(62.5)
     assert t.inner_loops == 1 and t.regime == "back-to-back" and t.stats["n"] == 5
@@ -226,6 +229,7 @@ def test_the_cpu_timer_tops_up_with_single_calls_when_calls_slow_down(clock: Sim
     t = time_fn(fn, "cpu", warmup_s=0.0, min_time_s=0.0, min_samples=5)
     assert t.samples_ms == pytest.approx([1005.0, 1008.0, 1011.0, 1014.0, 1017.0], rel=1e-9) and fn.n == 17
     assert t.calls == 5 and t.total_ms == pytest.approx(5055.0, rel=1e-9) and t.inner_loops == 1
+    assert t.first_call_ms == pytest.approx(100.0, rel=1e-12) and t.warmup_ms == pytest.approx(200.0, rel=1e-12)
 
 
 def test_flushed_without_triton_flushes_before_each_call_and_releases_the_buffer(
@@ -406,6 +410,7 @@ def test_summary_statistics_at_their_edges() -> None:
     assert (two["min"], two["max"], two["std"]) == pytest.approx((1.0, 3.0, 2**0.5))
     assert two["iqr_over_median"] == pytest.approx((2.5 - 1.5) / 2.0)
     assert summarize([0.0, 0.0, 0.0])["iqr_over_median"] == 0.0  # a zero median: no ratio, not a division error
+    assert summarize([0.1, 0.4, 0.2])["iqr_over_median"] == pytest.approx((0.3 - 0.15) / 0.2)  # sub-ms medians too
     x = [4.0, 1.0, 9.0, 2.0, 7.0, 3.0]
     s = summarize(x)
     assert s["min"] == 1.0 and s["max"] == 9.0
