@@ -95,6 +95,8 @@ def test_a_first_call_over_the_cap_raises_with_its_own_time(clock: SimpleNamespa
     assert e.value.first_call_ms == pytest.approx(500.0, rel=1e-12)
     assert str(e.value) == "first call took 0.5 s, over --max-config-s 0.4996"
     assert fn.n == 1  # nothing ran after the first call
+    with pytest.raises(OverConfigBudget, match=r"^first call took 2\.0 s, over --max-config-s 1\.5$"):
+        time_fn(Step(clock, lambda i: 1950.5), "cpu", max_s=1.5)  # 1.9505 s, to one decimal
     # A first call of exactly the cap is not over it: the config is measured (reduced: nothing is left).
     fn = Step(clock, lambda i: 500.0)
     t = time_fn(fn, "cpu", warmup_s=0.0, max_s=0.5)
