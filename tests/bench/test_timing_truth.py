@@ -37,12 +37,21 @@ START_MS = 1024_000.0  # the fake wall clock's first reading: 1024 s
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """A clock in ms that only the fake calls advance; ``perf_counter`` (s) of both modules and the Timer read it."""
-    clk = SimpleNamespace(now=START_MS)
+    clk = SimpleNamespace(now=START_MS, idle_reads=0)
     fake_time = SimpleNamespace(perf_counter=lambda: clk.now / 1e3)
     monkeypatch.setattr(timing, "time", fake_time)
     monkeypatch.setattr(ct, "time", fake_time)
+
+    def timer_clock() -> float:
+        # The Timer reads its clock 10 times (its overhead estimate) plus once per block edge between calls. A Timer
+        # whose statement never calls fn would read a clock that never moves and grow its blocks forever: fail.
+        clk.idle_reads += 1
+        if clk.idle_reads > 12:
+            raise RuntimeError("the Timer reads a clock no call advances: it is not timing fn")
+        return clk.now / 1e3
+
     monkeypatch.setattr(torch.utils.benchmark, "Timer",
-                        functools.partial(torch.utils.benchmark.Timer, timer=fake_time.perf_counter))
+                        functools.partial(torch.utils.benchmark.Timer, timer=timer_clock))
     return clk
 
 
@@ -71,6 +80,7 @@ class Step:
         if self.n > self.LIMIT:
             raise RuntimeError("runaway loop: more calls than any correct timing of these costs makes")
         self.clk.now += self.cost(self.n)
+        self.clk.idle_reads = 0
         self.threads.append(torch.get_num_threads())
         if self.log is not None:
             self.log.append("call")
