@@ -110,8 +110,8 @@ MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
                "test_stats_truth or known_values or fast_bootstrap or bootstrap_is_seeded or between_run_spread"
                " or injected_drift"]),
     "timing": (["bench/timing.py", "bench/cuda_timing.py"],
-               ["tests/bench/test_timing.py", "tests/bench/test_cuda_timing.py", "tests/bench/test_cpu_isa.py", "-k",
-                "timing or max_config_s"]),
+               ["tests/bench/test_timing_truth.py", "tests/bench/test_timing.py", "tests/bench/test_cuda_timing.py",
+                "tests/bench/test_cpu_isa.py", "-k", "timing or max_config_s"]),
     "memory": (["bench/memory.py"], ["tests/bench/test_flops_memory.py", "tests/bench/test_measure_regimes.py", "-k",
                                      "memory"]),
     "flops": (["bench/flops.py"], ["tests/bench/test_flops_memory.py", "tests/bench/test_harness_truth.py", "-k",

@@ -152,12 +152,13 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
         fn, capture_ms = capture(fn, api)
         note = f" (graph replays; captured in {capture_ms:.0f} ms)"
     budget_s = max(min_time_s, min_samples * est_ms / 1e3 * 1.1)
+    nthreads = threads if threads is not None else torch.get_num_threads()  # what the timed calls run with
     if max_s > 0:
         left_s = max_s - (time.perf_counter() - start)
         if budget_s > left_s:  # what is asked for does not fit: single calls, as many as fit, at least 3
             n = max(MIN_REDUCED_SAMPLES, min(min_samples, int(left_s / (est_ms / 1e3))))
             samples = _single_calls(fn, sync, n, threads)
-            method = (f"{regime}{note}: {n} single calls, threads={torch.get_num_threads()} "
+            method = (f"{regime}{note}: {n} single calls, threads={nthreads} "
                       f"(reduced to fit --max-config-s {max_s:g})")
             return Timing(samples, first_ms, warmup_ms, method, 1, summarize(samples), reduced=True, regime=regime,
                           total_ms=sum(samples), calls=n)
@@ -174,7 +175,6 @@ def time_fn(fn: Callable[[], Any], device: torch.device | str = "cpu", *, thread
     else:
         from torch.utils.benchmark import Timer
 
-        nthreads = threads if threads is not None else torch.get_num_threads()
         timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=nthreads)
         m = timer.blocked_autorange(min_run_time=budget_s)
         samples = [t * 1e3 for t in m.times]  # each is the mean of one block of number_per_run calls

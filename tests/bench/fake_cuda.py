@@ -38,6 +38,7 @@ class FakeApi(ct.CudaApi):
         self.call_ms, self.flush_ms, self.launch_ms = call_ms, flush_ms, launch_ms
         self.flushes = 0
         self.captures = 0
+        self.calls = 0
         self.log: list[str] = []
         self._in_graph = False  # True while a captured graph replays (no launch overhead)
 
@@ -55,8 +56,15 @@ class FakeApi(ct.CudaApi):
     def release(self) -> None:
         self.log.append("release")
 
+    # More calls than any test's timing makes: a loop that never ends (a broken loop condition) fails the test
+    # instead of hanging it.
+    MAX_CALLS = 100_000
+
     def step(self) -> None:
         """The function being timed (eager: with its launch overhead)."""
+        self.calls += 1
+        if self.calls > self.MAX_CALLS:
+            raise RuntimeError(f"runaway loop: over {self.MAX_CALLS} timed calls")
         self.clock.now += self.call_ms + (0.0 if self._in_graph else self.launch_ms)
         self.log.append("call")
 
