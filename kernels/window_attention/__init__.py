@@ -189,7 +189,7 @@ TEST_SHAPES: dict[str, dict[str, Any]] = {
     "swin_t_stage1_tiny": _stage(8, 3, 4),
     "swin_t_stage2_tiny": _stage(4, 6, 4),
     "swin_t_stage3_tiny": _stage(4, 12, 4),
-    "swin_t_stage4_tiny": _stage(2, 24, 0),
+    "swin_t_stage4_tiny": _stage(1, 24, 0),  # stage 4 at batch 1: one 7x7 window, Swin-T's 24 heads
     "n49_d32_nomask": {"B_": 3, "H": 2, "N": 49, "D": 32, "nW": 0},
     "n49_d16_nobias": {"B_": 4, "H": 2, "N": 49, "D": 16, "nW": 2, "bias": False},
     "n49_d64_nobias_nomask": {"B_": 2, "H": 2, "N": 49, "D": 64, "nW": 0, "bias": False},
