@@ -107,17 +107,24 @@ def test_count_model_flops_counts_in_eval_mode_and_restores_the_mode() -> None:
 def test_step_flops_infer_and_train() -> None:
     """A train step counts forward + backward: each layer's weight gradient costs its forward again, and the input
     gradient too for every layer but the first (3x forward minus the conv's input gradient); fvcore's MACs stay the
-    forward's, with a note saying so; no gradient is left behind."""
+    forward's, with a note saying so; no gradient is left behind; the step itself runs once."""
     torch.manual_seed(0)
     net, x = _Net().train(), torch.randn(2, 2, 5, 5)
     fwd = 2 * 2 * (CONV_MACS + LIN_MACS)
 
-    infer = count_step_flops(lambda: net(x), net, (x,))
+    calls: list[str] = []  # the step runs once per count (a train step may update weights): fvcore traces the model
+
+    def step(mode: str) -> torch.Tensor:
+        calls.append(mode)
+        return net(x) if mode == "infer" else net(x).sum()
+
+    infer = count_step_flops(lambda: step("infer"), net, (x,))
     assert (infer.flops, infer.macs, infer.unsupported, infer.notes) == (fwd, fwd // 2, FV_CHEAP, [])
 
     for p in net.parameters():
         p.grad = torch.ones_like(p)  # stale gradients from before: cleared too
-    train = count_step_flops(lambda: net(x).sum(), net, (x,), backward=True)
+    train = count_step_flops(lambda: step("train"), net, (x,), backward=True)
+    assert calls == ["infer", "train"]
     assert train.flops == 3 * fwd - 2 * 2 * CONV_MACS
     assert (train.macs, train.unsupported, train.notes) == (fwd // 2, FV_CHEAP, ["gmacs: fvcore, forward pass only"])
     assert all(p.grad is None for p in net.parameters())
@@ -292,6 +299,34 @@ def test_without_fvcore_the_macs_are_missing_and_said_so(monkeypatch: pytest.Mon
     fc = count_flops(lin, x)
     assert (fc.flops, fc.macs, fc.unsupported) == (2 * 4 * 3 * 2, None, [])
     assert fc.notes == ["fvcore unavailable (ModuleNotFoundError)"]
+
+
+class _Noisy(nn.Module):
+    """Linear(3, 2) (6 MACs per sample) -> softmax; writes to stderr while it runs; one submodule never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.unused = nn.Linear(3, 2, bias=False), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        print("tracing", file=sys.stderr)
+        return self.lin(x).softmax(-1)
+
+
+@needs_fvcore
+def test_the_fvcore_pass_is_silent(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """fvcore's warnings (unsupported ops, uncalled submodules) stay off even where the caller's logging configuration
+    enables fvcore's logger, and what the traced forward writes to stderr is swallowed: the gaps are in the result."""
+    child = logging.getLogger("fvcore.nn.jit_analysis")
+    old = child.level
+    child.setLevel(logging.WARNING)
+    try:
+        fc = count_flops(_Noisy(), torch.randn(1, 3), torch_counter=False)
+    finally:
+        child.setLevel(old)
+    assert (fc.flops, fc.macs, fc.unsupported, fc.notes) == (0, 6, ["fvcore:aten::softmaxx1"], [])
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("fvcore")] == []
+    assert capsys.readouterr() == ("", "")
 
 
 @needs_fvcore
