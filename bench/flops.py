@@ -36,16 +36,24 @@ _aten = torch.ops.aten
 # --- torch.utils.flop_counter: formulas for ops it misses ----------------------------------------------------------
 
 
+def _has_formula(pkt: Any) -> bool:
+    """Whether the torch counter has a formula for the operator ``pkt`` (an OpOverloadPacket). torch 2.14 keys its
+    registry by packet, older torch by overload: both are looked up."""
+    return pkt in _fc.flop_registry or pkt.default in _fc.flop_registry
+
+
 def _register_cpu_sdpa() -> None:
+    """Formulas for the CPU flash attention, forward and backward, unless the counter has them already (torch's own,
+    or ours from an earlier call: registering twice raises)."""
     fwd = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     bwd = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    if fwd is not None and fwd.default not in _fc.flop_registry:
+    if fwd is not None and not _has_formula(fwd):
 
         @_fc.register_flop_formula(fwd)
         def _cpu_sdpa_fwd(query, key, value, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
             return _fc.sdpa_flop_count(query, key, value)
 
-    if bwd is not None and bwd.default not in _fc.flop_registry:
+    if bwd is not None and not _has_formula(bwd):
 
         @_fc.register_flop_formula(bwd)
         def _cpu_sdpa_bwd(grad_out, query, key, value, *args: Any, out_val: Any = None, **kwargs: Any) -> int:
@@ -55,7 +63,8 @@ def _register_cpu_sdpa() -> None:
 _register_cpu_sdpa()
 
 # Ops whose names say they multiply matrices, convolve or gather (name tokens split on "_"): if one runs without a
-# formula we report it. Tokens, not substrings: "upsample_bilinear2d" is not a linear layer.
+# formula we report it, in-place variants too (``addmm_`` multiplies matrices; torch has no formula for it). Tokens,
+# not substrings: "upsample_bilinear2d" is not a linear layer.
 _HEAVY_TOKENS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "conv", "conv1d", "conv2d", "conv3d", "convolution",
                  "attention", "linear", "einsum", "matmul", "roi", "deform"}
 
@@ -106,7 +115,7 @@ def _torch_unsupported(rec: _OpRecorder) -> list[str]:
         namespace = getattr(pkt, "_qualified_op_name", str(pkt)).split("::")[0]
         if namespace not in _BUILTIN_NAMESPACES:
             out.append(f"torch:{pkt}x{rec.seen[str(pkt)]} (opaque op, no FLOP formula: not counted)")
-        elif _HEAVY_TOKENS & set(name.split("_")) and not name.endswith("_"):
+        elif _HEAVY_TOKENS & set(name.split("_")):
             out.append(f"torch:{pkt}x{rec.seen[str(pkt)]}")
     return sorted(out)
 
