@@ -62,7 +62,7 @@ class _Net(nn.Module):
         if self.action == "interrupt":
             raise KeyboardInterrupt
         if self.action == "long":  # a traceback over 2000 characters, to see it cut to its last 2000
-            raise RuntimeError("long failure\n" + "y" * 2500 + "END")
+            raise RuntimeError("long failure\n" + "y" * 1500 + "END")
         return self.lin(self.conv(x).flatten(1))
 
 
@@ -120,7 +120,9 @@ def test_error_traceback_keeps_its_last_2000_characters(nets: None) -> None:
     row, _ = measure(_cfg("rt_long"), RunOptions(**FAST))
     assert row["status"] == "error" and row["error"] == "RuntimeError: long failure"
     tb = row["error_traceback"]
-    assert len(tb) == 2000 and tb.endswith("y" * 1000 + "END\n")
+    assert len(tb) == 2000 and tb.endswith("y" * 1500 + "END\n")
+    # the frames joined as Python prints them: the raising line, then the exception
+    assert tb.endswith('"y" * 1500 + "END")\nRuntimeError: long failure\n' + "y" * 1500 + "END\n")
 
 
 def test_timeout_row_and_the_alarm_is_restored(fakes: None) -> None:
@@ -274,15 +276,16 @@ def test_accuracy_probe_and_profile_results_reach_the_row(monkeypatch: pytest.Mo
     traces = iter(["/tmp/t.json", RuntimeError("no trace")])
 
     def profile_config(step: Any, cfg: Config, d: str) -> str:
+        assert step().shape == (cfg.batch_size, 4)  # the config's own step
         v = next(traces)
         if isinstance(v, BaseException):
             raise v
-        return f"{d}:{v}"
+        return f"{d}:{cfg.model}:{v}"
 
     monkeypatch.setattr(bench.profile, "profile_config", profile_config)
     row, _ = measure(_cfg("rt_net"), RunOptions(**{**FAST, "profile_dir": "pd"}))
     assert row["precision_note"] == "fp32 (TF32 off); probe says hi"
-    assert (row["status"], row["error"], row["profile_trace"]) == ("ok", "", "pd:/tmp/t.json")
+    assert (row["status"], row["error"], row["profile_trace"]) == ("ok", "", "pd:rt_net:/tmp/t.json")
     row, _ = measure(_cfg("rt_net"), RunOptions(**{**FAST, "profile_dir": "pd"}))
     assert (row["status"], row["profile_error"]) == ("ok", "RuntimeError: no trace")
     assert row["error"] == "profile failed: RuntimeError: no trace" and "profile_trace" not in row
@@ -428,7 +431,9 @@ def test_probe_reasons_on_a_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_infer_step_is_eval_and_without_autograd(nets: None) -> None:
+    torch.manual_seed(5)
     step, facts = runner.build_step(_cfg("rt_net", batch_size=3))
+    assert torch.initial_seed() == 0  # every config continues from seed 0 (dropout, augmentations)
     model = facts["_model"]
     assert not model.training and facts["_run_model"] is model
     out = step()
@@ -539,3 +544,100 @@ def test_flops_of_a_config_counted_on_its_own_model_or_a_cpu_copy(monkeypatch: p
 def test_memory_stats_type_is_what_the_row_reads() -> None:
     m = MemoryStats(1.0, None, "x")
     assert (m.peak_mb, m.reserved_mb, m.method) == (1.0, None, "x")
+
+
+def test_cuda_rows_record_the_cudnn_flags_they_ran_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA config stopped right after the probe: the cuDNN flags it would run with are in its row (no GPU needed)."""
+    def stop(cfg: Config, allow: bool) -> str:
+        raise runner.Unsupported("stopped after the cuDNN flags")
+
+    monkeypatch.setattr(runner, "probe_support", stop)
+    old = torch.backends.cudnn.benchmark
+    for bench_flag in (False, True):
+        row, _ = measure(_cfg("resnet18", device="cuda"), RunOptions(**{**FAST, "cudnn_benchmark": bench_flag}))
+        assert row["status"] == "unsupported" and row["cudnn_benchmark"] is bench_flag
+        assert row["cudnn_deterministic"] is torch.backends.cudnn.deterministic
+        assert torch.backends.cudnn.benchmark is old
+
+
+def test_build_step_places_model_and_inputs_on_the_config_device(nets: None) -> None:
+    """The meta device stands in for a GPU: a model or input left on the CPU shows."""
+    for dtype, want in (("fp32", torch.float32), ("bf16-pure", torch.bfloat16)):
+        _, facts = runner.build_step(_cfg("rt_net", device="meta", dtype=dtype))
+        assert {(p.device.type, p.dtype) for p in facts["_model"].parameters()} == {("meta", want)}
+        x = facts["_batch"].inputs[0]
+        assert (x.device.type, x.dtype) == ("meta", want) and facts["_batch"].target.device.type == "meta"
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor, label: str) -> torch.Tensor:
+        assert label == "tag"
+        return self.conv(x).mean((2, 3)) * scale
+
+
+def test_channels_last_converts_only_image_inputs() -> None:
+    """Only 4-D tensors take the channels_last format; other inputs (a 2-D tensor, a string) pass unchanged."""
+    from models.registry import Batch
+
+    def batch_fn(b: int, shape: Any, g: torch.Generator) -> Batch:
+        return Batch((torch.randn(b, *shape, generator=g), torch.ones(b, 2), "tag"), torch.zeros(b, dtype=torch.long))
+
+    register_model(family="fake", input_shape=(3, 4, 4), num_classes=2, batch_fn=batch_fn, name="rt_two")(
+        lambda **_: _TwoInputs())
+    try:
+        step, facts = runner.build_step(_cfg("rt_two", channels_last=True))
+        x, scale, label = facts["_batch"].inputs
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        assert scale.is_contiguous() and scale.shape == (2, 2) and label == "tag"
+        assert step().shape == (2, 2)
+    finally:
+        _REGISTRY.pop("rt_two", None)
+
+
+@pytest.fixture
+def depthwise_net() -> Iterator[str]:
+    def rt_depthwise(**_: object) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    register_model(family="fake", input_shape=(3, 8, 8), num_classes=4, hot_paths=("depthwise_conv",))(rt_depthwise)
+    yield "rt_depthwise"
+    _REGISTRY.pop("rt_depthwise", None)
+
+
+def test_kernel_backend_switches_the_named_kernels_and_keeps_an_unpatched_copy(depthwise_net: str) -> None:
+    pytest.importorskip("triton")
+    from kernels import dispatch_path
+
+    for kernels in ("", "all", "depthwise_conv"):
+        _, facts = runner.build_step(_cfg(depthwise_net, backend="triton", kernels=kernels))
+        assert facts["kernel_path"] == dispatch_path(torch.device("cpu"))
+        assert facts["kernels_switched"]["depthwise_conv"] == 1
+        if kernels == "depthwise_conv":
+            assert set(facts["kernels_switched"]) == {"depthwise_conv"}
+        else:
+            assert len(facts["kernels_switched"]) > 1  # every kernel was tried
+        patched, unpatched = facts["_model"], facts["_unpatched"]
+        assert type(patched[1]) is not nn.Conv2d  # the depthwise layer is our kernel's module
+        assert type(unpatched[1]) is nn.Conv2d and unpatched[1] is not patched[1]  # the copy is not patched
+        assert torch.equal(unpatched[1].weight, patched[1].weight)
+    with pytest.raises(runner.Unsupported, match=r"^rt_depthwise has no hot path for kernels=window_attention$"):
+        runner.build_step(_cfg(depthwise_net, backend="triton", kernels="window_attention"))
+
+
+def test_the_unpatched_copy_is_dropped_before_timing(monkeypatch: pytest.MonkeyPatch, depthwise_net: str) -> None:
+    """Without FLOP counting (which takes the copy), the copy must still not be held while the step is timed."""
+    pytest.importorskip("triton")
+    held: list[bool] = []
+
+    def prepare(cfg: Config, facts: dict[str, Any]) -> None:
+        held.append("_unpatched" in facts)
+        raise RuntimeError("stop before timing")
+
+    monkeypatch.setattr(runner.accuracy, "prepare", prepare)
+    row, _ = measure(_cfg(depthwise_net, backend="triton"), RunOptions(**{**FAST, "check_accuracy": True}))
+    assert row["error"] == "RuntimeError: stop before timing" and held == [False]
