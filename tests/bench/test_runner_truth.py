@@ -393,6 +393,9 @@ def test_probe_reasons_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
                    "error": "Unsupported: tf32 is a CUDA matmul mode; the CPU has none",
                    "threads": torch.get_num_threads()}
     assert runner.unsupported_row(_cfg("resnet18"), RunOptions()) is None
+    probes = _spy(monkeypatch, "probe_support")  # --allow-slow-fallback reaches the probe
+    runner.unsupported_row(_cfg("resnet18"), RunOptions(allow_slow_fallback=True))
+    assert probes[-1][0] == (_cfg("resnet18"), True)
 
 
 def test_probe_reasons_on_a_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
