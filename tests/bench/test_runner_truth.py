@@ -644,3 +644,16 @@ def test_the_unpatched_copy_is_dropped_before_timing(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(runner.accuracy, "prepare", prepare)
     row, _ = measure(_cfg(depthwise_net, backend="triton"), RunOptions(**{**FAST, "check_accuracy": True}))
     assert row["error"] == "RuntimeError: stop before timing" and held == [False]
+
+
+def test_flops_of_a_cpu_copy_follow_the_config_input_size(depthwise_net: str) -> None:
+    """The copy path builds its own batch: at ``input_size`` 16 the convolutions cost 4x their 8x8 count."""
+    net = _REGISTRY[depthwise_net].builder()
+    counts = {}
+    for size in (0, 16):
+        got = runner.count_config_flops(_cfg(depthwise_net, input_size=size))  # no facts: a CPU copy
+        side = size or 8
+        want = count_model_flops(net, (torch.randn(2, 3, side, side),), fvcore=False).flops / 2
+        assert got["gflops"] == pytest.approx(want / 1e9, rel=1e-12)
+        counts[size] = got["gflops"]
+    assert counts[16] > 3.9 * counts[0]
