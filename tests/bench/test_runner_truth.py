@@ -657,3 +657,18 @@ def test_flops_of_a_cpu_copy_follow_the_config_input_size(depthwise_net: str) ->
         assert got["gflops"] == pytest.approx(want / 1e9, rel=1e-12)
         counts[size] = got["gflops"]
     assert counts[16] > 3.9 * counts[0]
+
+
+def test_an_infer_count_is_the_forward_not_the_loss(nets: None) -> None:
+    """A loss that costs more than the forward (here: the model run twice): infer rows count the forward only."""
+    def loss_twice(m: nn.Module, b: Any) -> torch.Tensor:
+        return nn.functional.cross_entropy(m(*b.inputs), b.target) + m(*b.inputs).sum()
+
+    register_model(family="fake", input_shape=(3, 6, 6), num_classes=4, loss_fn=loss_twice, name="rt_loss2")(
+        lambda **_: _Net())
+    try:
+        infer = runner.count_config_flops(_cfg("rt_loss2"))  # no facts: the CPU copy's step
+        own = runner.count_config_flops(_cfg("rt_loss2"), runner.build_step(_cfg("rt_loss2"))[1])
+    finally:
+        _REGISTRY.pop("rt_loss2", None)
+    assert infer["gflops"] == own["gflops"] == pytest.approx(NET_FLOPS / 1e9, rel=1e-12)
