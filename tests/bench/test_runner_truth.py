@@ -187,16 +187,16 @@ def test_an_ok_row_reports_what_the_timer_memory_pass_and_counter_saw(monkeypatc
     s = sorted(samples)
     assert row["n_samples"] == len(s) and isinstance(row["n_samples"], int)
     assert row["latency_ms_p50"] == statistics.median(s)
-    assert row["latency_ms_p20"] == pytest.approx(statistics.quantiles(s, n=5, method="inclusive")[0], rel=1e-12)
-    assert row["latency_ms_p80"] == pytest.approx(statistics.quantiles(s, n=5, method="inclusive")[3], rel=1e-12)
-    assert row["latency_ms_mean"] == pytest.approx(statistics.fmean(s), rel=1e-12)
-    assert row["latency_ms_std"] == pytest.approx(statistics.stdev(s), rel=1e-12)
+    assert row["latency_ms_p20"] == pytest.approx(statistics.quantiles(s, n=5, method="inclusive")[0], rel=1e-12, abs=0)
+    assert row["latency_ms_p80"] == pytest.approx(statistics.quantiles(s, n=5, method="inclusive")[3], rel=1e-12, abs=0)
+    assert row["latency_ms_mean"] == pytest.approx(statistics.fmean(s), rel=1e-12, abs=0)
+    assert row["latency_ms_std"] == pytest.approx(statistics.stdev(s), rel=1e-12, abs=0)
     assert (row["inner_loops"], row["noisy"], row["compile_ms"], row["warmup_ms"]) == (
         t.inner_loops, t.noisy, t.first_call_ms, t.warmup_ms)
     assert (row["timed_calls"], row["timed_ms"], row["timer_method"], row["reduced_samples"]) == (
         t.calls, t.total_ms, t.method, False)
     assert row["timer_method"].startswith("back-to-back")
-    assert row["throughput_per_s"] == pytest.approx(3 / (row["timed_ms"] / row["timed_calls"] / 1e3), rel=1e-12)
+    assert row["throughput_per_s"] == pytest.approx(3 / (row["timed_ms"] / row["timed_calls"] / 1e3), rel=1e-12, abs=0)
 
     (margs, _, mem), = mems
     assert margs[1] == torch.device("cpu") and mem.peak_mb > 0
@@ -204,10 +204,11 @@ def test_an_ok_row_reports_what_the_timer_memory_pass_and_counter_saw(monkeypatc
                                                                                 mem.method)
     assert row["rss_growth_mb"] == 3.0
 
-    assert row["gflops"] == pytest.approx(NET_FLOPS / 1e9, rel=1e-12)  # per sample
-    assert row["gmacs"] == pytest.approx(NET_FLOPS / 2 / 1e9, rel=1e-12)
+    assert row["gflops"] == pytest.approx(NET_FLOPS / 1e9, rel=1e-12, abs=0)  # per sample
+    assert row["gmacs"] == pytest.approx(NET_FLOPS / 2 / 1e9, rel=1e-12, abs=0)
     assert row["flops_device"] == "cpu" and row["flops_counter_warnings"] == ""
-    assert row["tflops_per_s"] == pytest.approx(row["gflops"] * 3 / (row["latency_ms_p50"] / 1e3) / 1e3, rel=1e-12)
+    want_tflops = row["gflops"] * 3 / (row["latency_ms_p50"] / 1e3) / 1e3
+    assert row["tflops_per_s"] == pytest.approx(want_tflops, rel=1e-12, abs=0)
     assert row["params"] == NET_PARAMS and row["precision_note"] == "fp32 (TF32 off)"
     assert row["compile_cache"] == "" and row["threads"] == 1
     (sargs, _, state), = snaps
@@ -236,7 +237,7 @@ def test_flops_cache_is_filled_then_used(nets: None) -> None:
     cache[flops_key(cfg)] = {"gflops": 5.0, "gmacs": 2.5, "flops_counter_warnings": "w", "flops_device": "cpu"}
     row, _ = measure(cfg, RunOptions(**{**FAST, "count_flops": True}), flops_cache=cache)
     assert (row["gflops"], row["gmacs"], row["flops_counter_warnings"]) == (5.0, 2.5, "w")
-    assert row["tflops_per_s"] == pytest.approx(5.0 * 2 / (row["latency_ms_p50"] / 1e3) / 1e3, rel=1e-12)
+    assert row["tflops_per_s"] == pytest.approx(5.0 * 2 / (row["latency_ms_p50"] / 1e3) / 1e3, rel=1e-12, abs=0)
     row, _ = measure(cfg, RunOptions(**FAST))  # --no-flops: no counts, no rate
     assert "gflops" not in row and "tflops_per_s" not in row
 
@@ -532,8 +533,8 @@ def test_flops_of_a_config_counted_on_its_own_model_or_a_cpu_copy(monkeypatch: p
         copy_ = runner.count_config_flops(pure_cfg, pure_facts)  # a cast model is not counted: a CPU fp32 copy
         assert len(builds) == 1 and builds[0][2].training == (mode == "train")
         assert own == copy_ == runner.count_config_flops(own_cfg)  # without facts: a CPU copy too
-        assert own["gflops"] == pytest.approx(want / 1e9, rel=1e-12) and own["flops_device"] == "cpu"
-        assert own["gmacs"] == pytest.approx(fwd / 2 / 1e9, rel=1e-12)
+        assert own["gflops"] == pytest.approx(want / 1e9, rel=1e-12, abs=0) and own["flops_device"] == "cpu"
+        assert own["gmacs"] == pytest.approx(fwd / 2 / 1e9, rel=1e-12, abs=0)
         assert own["flops_counter_warnings"] == ("gmacs: fvcore, forward pass only" if mode == "train" else "")
         monkeypatch.undo()
 
@@ -654,7 +655,7 @@ def test_flops_of_a_cpu_copy_follow_the_config_input_size(depthwise_net: str) ->
         got = runner.count_config_flops(_cfg(depthwise_net, input_size=size))  # no facts: a CPU copy
         side = size or 8
         want = count_model_flops(net, (torch.randn(2, 3, side, side),), fvcore=False).flops / 2
-        assert got["gflops"] == pytest.approx(want / 1e9, rel=1e-12)
+        assert got["gflops"] == pytest.approx(want / 1e9, rel=1e-12, abs=0)
         counts[size] = got["gflops"]
     assert counts[16] > 3.9 * counts[0]
 
@@ -671,4 +672,4 @@ def test_an_infer_count_is_the_forward_not_the_loss(nets: None) -> None:
         own = runner.count_config_flops(_cfg("rt_loss2"), runner.build_step(_cfg("rt_loss2"))[1])
     finally:
         _REGISTRY.pop("rt_loss2", None)
-    assert infer["gflops"] == own["gflops"] == pytest.approx(NET_FLOPS / 1e9, rel=1e-12)
+    assert infer["gflops"] == own["gflops"] == pytest.approx(NET_FLOPS / 1e9, rel=1e-12, abs=0)
