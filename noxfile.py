@@ -121,9 +121,15 @@ MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "flops": (["bench/flops.py"], ["tests/bench/test_flops_truth.py", "tests/bench/test_flops_memory.py",
                                    "tests/bench/test_harness_truth.py", "tests/bench/test_flops_opaque.py", "-k",
                                    "not resnet50"]),
+    # The runner's direct tests (each under ~8 s here). Left out: the CLI sweep of fake_ok/raise/oom (14 s; the same
+    # failure rows are checked through measure() in test_runner_truth.py) and the CLI cuda-only-timer test (7 s; its
+    # unsupported rows too), since a surviving mutant of measure() pays for every test that called it.
     "runner": (["bench/runner.py"],
-               ["tests/bench/test_harness_truth.py",
-                "tests/bench/test_sweep.py::test_failures_become_rows_and_the_sweep_goes_on"]),
+               ["tests/bench/test_runner_truth.py", "tests/bench/test_harness_truth.py", "tests/bench/test_cpu_isa.py",
+                "tests/bench/test_measure_regimes.py", "tests/bench/test_flops_opaque.py", "-k",
+                "test_runner_truth or test_harness_truth or fallback_dtype or autocast_and_pure or max_config_s_reduces"
+                " or flops_are_counted_on_the_cpu or cudnn_autotuning or static_shape or failing_compiled_config"
+                " or cache_key or same_weights or unpatched"]),
     # Left out (the time a surviving mutant pays for every test it ran, on 2 cores): the kernel-bench CLI test (45 s),
     # the 300-config FDR sweep (37 s), the repeats sweep (21 s) and bench ab on two worktrees (200 s).
     "compare": (["bench/compare.py", "bench/compare_match.py", "bench/compare_stats.py", "bench/compare_render.py"],
