@@ -86,7 +86,8 @@ def _env_sha(d: str) -> tuple[str, bool]:
 
 def test_aot_and_preflight_counts(text: str) -> None:
     """Every ``aot-*`` set was made on the operators (at one of the commits the README names, clean tree) and has the
-    quoted counts, or the README names it as made before the operator rewrite; likewise the preflight sets."""
+    quoted counts, or the README names it as made before the operator rewrite; the preflight sets were made at the
+    commit the README names, and hold its counts (kernel cases, model launches `ok`, the unsupported configs)."""
     m = find(text, r"Measured on the operators \(code of commit ([0-9a-f]{7,}); ([^)]*)\) .*?"
                    r"\*\*(\d+) of (\d+) launches `ok`\*\* for sm_90 with Triton 3\.8")
     made_at = {m[1], *re.findall(r"\b[0-9a-f]{7,12}\b", m[2])}
@@ -100,19 +101,22 @@ def test_aot_and_preflight_counts(text: str) -> None:
         assert any(sha.startswith(c) for c in made_at) and not dirty, f"{d} was made at {sha} (dirty={dirty})"
         df = pd.read_csv(RESULTS / d / "kernels_compile.csv")
         assert (int(m[3]), int(m[4])) == (int((df.status == "ok").sum()), len(df)), d
-    m = find(text, r"(\d+) kernel-case launches and (\d+) launches from the (\d+) `triton`-backend model configs, "
-                   r"all `ok`")
-    at = find(text, r"Measured on this CPU at commit ([0-9a-f]{7,})( \(before the operator rewrite)?")
+    m = find(text, r"(\d+) kernel-case launches and (\d+) launches from the (\d+) `triton`-backend model configs "
+                   r"that ran, all `ok`.*? and the (\d+) bf16 Faster R-CNN configs `unsupported`")
+    at = find(text, r"Measured on this CPU at commit ([0-9a-f]{7,}) \(the operators; a clean tree\)")
     for d in ("gpu-preflight-sm90", "gpu-preflight-sm90-triton3.6"):
         df = pd.read_csv(RESULTS / d / "kernels_compile.csv")
-        assert int(m[1]) + int(m[2]) == len(df) and (df.status == "ok").all(), d
         model_rows = df["shape"].str.fullmatch("(" + "|".join(models.list_models()) + r")_b\d+")
-        assert (int(m[1]), int(m[2])) == (int((~model_rows).sum()), int(model_rows.sum())), d
+        unsupported = df[df.status == "unsupported"]
+        assert (int(m[1]), int(m[2]), int(m[4])) == (
+            int((~model_rows).sum()), int((model_rows & (df.status == "ok")).sum()), len(unsupported)), d
+        assert set(df.status) <= {"ok", "unsupported"}, d
+        assert set(zip(unsupported["shape"].str.rsplit("_b", n=1).str[0], unsupported["dtype"])) == {
+            ("fasterrcnn_resnet50_fpn", "bf16")}, d
+        configs = df[model_rows].groupby(["shape", "dtype"]).ngroups
+        assert int(m[3]) + int(m[4]) == configs == 32, d  # every triton-backend config of the GPU job
         sha, dirty = _env_sha(d)
-        if at[2]:  # the README says the set predates the operators: it must not have been regenerated since
-            assert not any(sha.startswith(c) for c in made_at), f"{d} was regenerated: update the README's wording"
-        else:  # made at the commit the README names, from a clean tree
-            assert sha.startswith(at[1]) and not dirty, f"{d} was made at {sha} (dirty={dirty}), README says {at[1]}"
+        assert sha.startswith(at[1]) and not dirty, f"{d} was made at {sha} (dirty={dirty}), README says {at[1]}"
 
 
 # --- the quick suite ------------------------------------------------------------------------------------------------
@@ -206,4 +210,5 @@ def test_gpu_job_config_counts(text: str) -> None:
     by_backend = {b: sum(c.backend == b for c in configs) for b in ("triton", "compile")}
     assert int(find(text, r"--dry-run` lists its (\d+) model configs")[1]) == len(configs)
     assert int(find(text, r"the (\d+) `compile` model configs")[1]) == by_backend["compile"]
-    assert int(find(text, r"launches from the (\d+) `triton`-backend model configs")[1]) == by_backend["triton"]
+    ran = find(text, r"launches from the (\d+) `triton`-backend model configs that ran.*? and the (\d+) bf16 Faster")
+    assert int(ran[1]) + int(ran[2]) == by_backend["triton"]  # the preflight covers every triton config
