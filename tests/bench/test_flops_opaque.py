@@ -91,23 +91,10 @@ def test_custom_op_without_formula_is_reported() -> None:
 
 
 @pytest.mark.triton
-def test_bare_triton_launch_is_reported() -> None:
-    triton = pytest.importorskip("triton")
-    import triton.language as tl
-
-    from kernels import dispatch_path
-
-    if dispatch_path("cpu") != "triton-interpret":
-        pytest.skip("needs TRITON_INTERPRET=1 to launch a Triton kernel on the CPU")
-
-    @triton.jit
-    def _scale_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):  # noqa: N803
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2.0, mask=offs < n)
-
+def test_bare_triton_launch_is_reported(scale_kernel) -> None:  # noqa: ANN001
     def fn(x: torch.Tensor) -> torch.Tensor:
         y = torch.empty_like(x)
-        _scale_kernel[(2,)](x, y, x.numel(), BLOCK=16)
+        scale_kernel[(2,)](x, y, x.numel(), BLOCK=16)
         return y
 
     x = torch.randn(32)

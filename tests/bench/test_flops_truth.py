@@ -341,25 +341,7 @@ def test_fvcore_leaves_the_root_logger_alone() -> None:
         root.setLevel(old)
 
 
-# --- Triton launches -----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def scale_kernel():  # noqa: ANN201
-    triton = pytest.importorskip("triton")
-    import triton.language as tl
-
-    from kernels import dispatch_path
-
-    if dispatch_path("cpu") != "triton-interpret":
-        pytest.skip("needs TRITON_INTERPRET=1 to launch a Triton kernel on the CPU")
-
-    @triton.jit
-    def _truth_scale(x_ptr, y_ptr, n, BLOCK: tl.constexpr):  # noqa: N803
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(y_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2.0, mask=offs < n)
-
-    return _truth_scale
+# --- Triton launches (``scale_kernel``: tests/bench/conftest.py) ----------------------------------------------------
 
 
 @pytest.mark.triton
@@ -393,7 +375,7 @@ def test_triton_launches_named_with_their_count(scale_kernel) -> None:  # noqa: 
 
         fc = count_flops(fn, fvcore=False)
         assert fc.unsupported == ["torch:vbtest_truth.opaque_scalex1 (opaque op, no FLOP formula: not counted)",
-                                  "triton:_truth_scalex3 (Triton launch: FLOPs not counted)"]
+                                  "triton:_scale_kernelx3 (Triton launch: FLOPs not counted)"]
         assert fc.flops == 2 * 32 + 2 * 32  # the two counted_scale calls (32 each) and the mm
     finally:
         _fc.flop_registry.pop(torch.ops.vbtest_truth.counted_scale, None)
