@@ -33,6 +33,15 @@ def _no_interp_env() -> dict[str, str]:
     return env
 
 
+def _script_lines(script: str, timeout: int) -> list[str]:
+    """Run ``script`` in a fresh interpreter without ``TRITON_INTERPRET`` (as the ahead-of-time tools need); its
+    stdout lines."""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_no_interp_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()
+
+
 def _probe(arch: str) -> dict:
     proc = subprocess.run([sys.executable, str(REPO / "tests/kernels/aot_probe.py"), arch], cwd=REPO,
                           env=_no_interp_env(), capture_output=True, text=True, timeout=600)
@@ -208,10 +217,7 @@ def test_emulated_launch_parameters_are_the_gpu_ones() -> None:
         "with emulate_gpu(132):\n"
         "    print(_planar_blocks(4096, 112, 112, cpu), dispatch_path(cpu), sm_count(cpu))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_no_interp_env(), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    plain, emulated = proc.stdout.strip().splitlines()
+    plain, emulated = _script_lines(script, timeout=300)
     assert plain.endswith("reference 1") and emulated.endswith("triton 132")
     assert emulated.startswith("(1, 8, 128)")  # GPU: 128-wide rows, ~1024 outputs per program
     assert plain.startswith("(4, 64, 64)")  # the interpreter's few big tiles
@@ -272,10 +278,7 @@ def test_half_precision_models_record_the_same_launches_with_fp32_eager_math() -
         "print(r['status'], r['message'])\n"
         "print(cpu_isa()['cpu_bf16_native'])\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_no_interp_env(), capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = proc.stdout.split("\n")
+    lines = _script_lines(script, timeout=600)
     native_bf16 = lines[4] == "True"  # this CPU (bench.cpu_isa): AVX2 here, so the bf16 steps are emulated
     assert lines[0].split()[:2] == ["efficientnet_b0", "16"] and lines[1].split()[:2] == ["swin_t", "12"]
     for line in lines[:2]:  # bf16 emulated exactly when the CPU has no native bf16; fp32 never
