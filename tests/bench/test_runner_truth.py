@@ -244,12 +244,14 @@ def test_flops_cache_is_filled_then_used(nets: None) -> None:
 
 def test_accuracy_probe_and_profile_results_reach_the_row(monkeypatch: pytest.MonkeyPatch, nets: None) -> None:
     seen: list[str] = []
-    monkeypatch.setattr(runner.accuracy, "prepare", lambda cfg, facts: seen.append("prepare"))
+    prepared: list[Config] = []
+    monkeypatch.setattr(runner.accuracy, "prepare", lambda cfg, facts: (seen.append("prepare"), prepared.append(cfg)))
     verdicts = iter([{"acc_status": "inaccurate", "acc_note": "rel 0.5 > 0.01"}, ValueError("boom\nmore"),
                      runner.ConfigTimeout("late")])
 
     def check(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
         seen.append("check")
+        assert cfg == _cfg("rt_net") and isinstance(facts["_model"], nn.Module)  # the row's config and built model
         v = next(verdicts)
         if isinstance(v, BaseException):
             raise v
@@ -268,6 +270,7 @@ def test_accuracy_probe_and_profile_results_reach_the_row(monkeypatch: pytest.Mo
     row, _ = measure(_cfg("rt_net"), RunOptions(**acc))
     assert (row["status"], row["error"]) == ("timeout", "ConfigTimeout: late")
     assert seen == ["prepare", "check"] * 3
+    assert prepared == [_cfg("rt_net")] * 3  # the row's config (a train row's weights are kept by its mode)
     measure(_cfg("rt_net"), RunOptions(**FAST))
     assert len(seen) == 6 and probes[-1][0][1] is False
 
