@@ -236,6 +236,12 @@ def test_kernel_samples_are_in_microseconds(tmp_path: Path) -> None:
     assert t.samples[key].tolist() == [3.0, 4.5] and t.samples[(*key[:-1], "H")].tolist() == [2.0, 250.0]
 
 
+def test_samples_read_as_float64_whatever_the_json_number(tmp_path: Path) -> None:
+    t = _table()
+    _read_samples(t, _write(tmp_path / "s.jsonl", _rec([3, 2**64])))  # an integer past int64 is still a number
+    assert t.samples[KEY].dtype == np.float64 and t.samples[KEY].tolist() == [3.0, 1.8446744073709552e19]
+
+
 def test_a_missing_samples_file_attaches_nothing(tmp_path: Path) -> None:
     t = _table()
     _read_samples(t, tmp_path / "none.jsonl")

@@ -42,7 +42,7 @@ def scenario_a() -> Comparison:
             base_p50=2.0, new_p50=2.4, method=RUN_LEVEL, reps_base=3, reps_new=3, spread=0.02, significant=True,
             notes=["runs 3 vs 3, between-run spread 2.0%"], n_base=60, n_new=60),
         row("b", kind="kernels", unit="µs", verdict="faster", ratio=0.5, ci_low=0.45, ci_high=0.55, p_value=1e-5,
-            base_p50=12345.6, new_p50=6172.8, method=SAMPLE_LEVEL, significant=True),
+            base_p50=24691.2, new_p50=12345.6, method=SAMPLE_LEVEL, significant=True),
         row("c", verdict="regression", regression=True, new_status="oom",
             notes=["status ok → oom: CUDA out of memory | try b1"]),
         row("d", verdict="fixed", base_status="error", notes=["status error → ok"]),
@@ -119,7 +119,7 @@ MD_A = (
     'spread 2.0% |\n'
     '| c | — | oom | — | — | 🔴 **regression** | status ok → oom: CUDA out of memory \\| try b1 |\n'
     '| add 8 fp32 fwd z | pass | fail | — | — | 🔴 **regression** | status pass → fail: max_abs_err 0.5 |\n'
-    '| b | 1.235e+04 µs | 6173 µs | -50.0% [-55.0%, -45.0%] | <1e-4 | 🟢 faster |  |\n'
+    '| b | 2.469e+04 µs | 1.235e+04 µs | -50.0% [-55.0%, -45.0%] | <1e-4 | 🟢 faster |  |\n'
     '| e | 1 ms | 1.08 ms | +8.0% [+1.0%, +15.0%] | 0.0001 | unchanged | runs 2 vs 2, between-run '
     'spread 9.0% (exceeds the change) |\n'
     '| f | 3 ms | 2.97 ms | -1.0% | — | unchanged | peak memory 120 → 100 MB (-16.7%) |\n'
@@ -234,7 +234,7 @@ CSV_A = (
     'new_status,method,notes,base_line,new_line\n'
     'models,a,slower,True,1.2,1.1,1.3,0.001,0.002,True,0.05,0.02,3,3,,2.0,2.4,ms,60,60,ok,ok,runs: '
     'hierarchical bootstrap+welch,"runs 3 vs 3, between-run spread 2.0%",2,3\n'
-    'kernels,b,faster,False,0.5,0.45,0.55,1e-05,,True,0.05,,1,1,,12345.6,6172.8,µs,,,ok,ok,'
+    'kernels,b,faster,False,0.5,0.45,0.55,1e-05,,True,0.05,,1,1,,24691.2,12345.6,µs,,,ok,ok,'
     'bootstrap+mann-whitney,,2,3\n'
     'models,c,regression,True,,,,,,False,0.05,,1,1,,,,ms,,,ok,oom,,status ok → oom: CUDA out of '
     'memory | try b1,2,3\n'
