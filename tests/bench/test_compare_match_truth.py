@@ -136,7 +136,8 @@ def test_read_table_kernels_and_checks(tmp_path: Path) -> None:
     ([_mrow(p50="0")], "2: status ok but latency_ms_p50 is empty or not positive"),
     ([_mrow(p50="-1")], "2: status ok but latency_ms_p50 is empty or not positive"),
     ([_mrow(p50="fast")], "2: column 'latency_ms_p50' has non-numeric value 'fast'"),
-])
+], ids=["bad-key", "duplicate", "duplicate-rep", "third-row-repeats-rep-0", "empty-status", "p50-empty", "p50-zero",
+        "p50-negative", "p50-text"])
 def test_read_table_bad_rows_name_file_and_line(tmp_path: Path, lines: list[str], msg: str) -> None:
     p = _write(tmp_path / "results.csv", M_HEAD, *lines)
     assert _bad(_read_table, MODELS, p) == f"{p}:{msg}"
@@ -274,7 +275,9 @@ def test_a_missing_samples_file_attaches_nothing(tmp_path: Path) -> None:
     ([_rec(dev="Q", rep=3), _rec(dev="Q", rep=3)], "\n", "2: duplicate samples for (model=basic_cnn, backend=eager, "
                                                          "mode=infer, device=cpu, dtype=fp32, batch_size=1, "
                                                          "timer=back-to-back, device_name=Q) rep 3 (first on line 1)"),
-])
+], ids=["json-middle", "json-middle-no-final-newline", "json-torn-last-line", "not-an-object", "bad-key", "no-list",
+        "string", "text-item", "bool-item", "zero", "negative", "inf", "nan", "duplicate", "duplicate-rep",
+        "duplicate-other-config"])
 def test_bad_samples_name_file_and_line(tmp_path: Path, lines: list[str], end: str, msg: str) -> None:
     p = _write(tmp_path / "samples.jsonl", *lines, end=end)
     assert _bad(_read_samples, _table(), p) == f"{p}:{msg}"
