@@ -224,25 +224,36 @@ def _mutants_report(session: nox.Session, modules: list[str], out: Path) -> None
     out.mkdir(parents=True, exist_ok=True)
     eq_path = out / "equivalent.json"
     equivalent = json.loads(eq_path.read_text()) if eq_path.exists() else {}
+    # results/mutants/inprocess_check.py (same mutated sources and switch, one process) checks mutants mutmut's run
+    # left unchecked, or that survived it before tests were added: killed if any of its runs killed them (tests are
+    # only ever added, so a later kill stands). Those decided by it are reported apart.
+    inproc: dict[str, int] = {}
+    for f in sorted(out.glob("inprocess*.json")):
+        for k, v in json.loads(f.read_text())["results"].items():
+            inproc[k] = 1 if v == "killed" or inproc.get(k) == 1 else 0
     summary, survivors = {}, []
     for mod in modules:
         meta = Path("mutants") / f"{mod}.meta"
         codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+        by_mutmut = {k for k, c in codes.items() if c is not None and not (c not in _KILLED and inproc.get(k) == 1)}
+        codes = {k: c if k in by_mutmut else inproc.get(k, c) for k, c in codes.items()}
         checked = {k: c for k, c in codes.items() if c is not None}
         killed = sum(c in _KILLED for c in checked.values())
         timeouts = sum(c in _TIMEOUT for c in checked.values())
         equiv = sum(c not in _KILLED and k in equivalent for k, c in checked.items())
-        summary[mod] = {"mutants": len(codes), "checked": len(checked), "killed": killed, "timeout": timeouts,
+        summary[mod] = {"mutants": len(codes), "checked": len(checked), "checked_in_process": len(checked) - len(
+                            by_mutmut), "killed": killed, "timeout": timeouts,
                         "survived": len(checked) - killed - timeouts, "equivalent": equiv,
                         "score": round(killed / (len(checked) - equiv), 4) if len(checked) > equiv else None,
                         "raw_score": round(killed / len(checked), 4) if checked else None}
-        survivors += [(mod, k, c) for k, c in sorted(checked.items()) if c not in _KILLED]
+        survivors += [(mod, k, c if k in by_mutmut else "in process") for k, c in sorted(checked.items())
+                      if c not in _KILLED]
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["# Surviving mutants", "", "score = killed / (checked - equivalent); raw = killed / checked", "",
-             "| module | mutants | checked | killed | timeout | survived | equivalent | score | raw |",
+             "| module | mutants | checked (in process) | killed | timeout | survived | equivalent | score | raw |",
              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {m} | {s['mutants']} | {s['checked']} | {s['killed']} | {s['timeout']} | {s['survived']} | "
-              f"{s['equivalent']} | {s['score']} | {s['raw_score']} |" for m, s in summary.items()]
+    lines += [f"| {m} | {s['mutants']} | {s['checked']} ({s['checked_in_process']}) | {s['killed']} | {s['timeout']} | "
+              f"{s['survived']} | {s['equivalent']} | {s['score']} | {s['raw_score']} |" for m, s in summary.items()]
     # Every survivor's diff from one process (`mutmut show` per mutant costs seconds of start-up each).
     names = json.dumps({name: mod for mod, name, _ in survivors})
     script = ("import json, sys\nfrom mutmut.mutation.diff_apply import get_diff_for_mutant\n"

@@ -510,6 +510,21 @@ def test_build_is_seeded_apart_from_the_global_generator(nets: None) -> None:
         assert torch.equal(p, q) and torch.equal(p, r)
 
 
+def test_build_forks_only_the_cpu_generator(monkeypatch: pytest.MonkeyPatch, nets: None) -> None:
+    """``fork_rng(devices=[])``: with the default (every visible CUDA device) a build on a GPU host would save and
+    restore each device's generator, creating a CUDA context on every GPU, in a process that may use one or none."""
+    calls: list[dict[str, Any]] = []
+    real = torch.random.fork_rng
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append({"args": args, **kwargs})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.random, "fork_rng", spy)
+    runner._build(__import__("models").get_spec("rt_net"))
+    assert calls == [{"args": (), "devices": []}]
+
+
 def test_kernel_backend_facts_and_a_model_without_the_hot_path(nets: None) -> None:
     pytest.importorskip("triton")
     with pytest.raises(runner.Unsupported, match=r"^rt_net has no hot path for kernels=all$"):
