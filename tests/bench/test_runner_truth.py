@@ -691,3 +691,24 @@ def test_an_infer_count_is_the_forward_not_the_loss(nets: None) -> None:
     finally:
         _REGISTRY.pop("rt_loss2", None)
     assert infer["gflops"] == own["gflops"] == pytest.approx(NET_FLOPS / 1e9, rel=1e-12, abs=0)
+
+
+def test_both_compiled_backends_compile_and_only_they(monkeypatch: pytest.MonkeyPatch, depthwise_net: str) -> None:
+    """``compile`` and ``compile-triton`` (kernels switched in, then torch.compile) wrap the model and record Dynamo's
+    counters before the first call; ``eager`` and ``triton`` run the module as built."""
+    pytest.importorskip("triton")
+    compiled: list[tuple[nn.Module, Any]] = []
+
+    def fake_compile(model: nn.Module, mode: Any = None) -> Any:
+        compiled.append((model, mode))
+        return lambda *a, **k: model(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    for backend, is_compiled in (("compile", True), ("compile-triton", True), ("eager", False), ("triton", False)):
+        n = len(compiled)
+        _, facts = runner.build_step(_cfg(depthwise_net, backend=backend))
+        assert len(compiled) - n == int(is_compiled), backend
+        assert ("_graphs_before" in facts, "_breaks_before" in facts) == (is_compiled, is_compiled), backend
+        assert (facts["_run_model"] is not facts["_model"]) == is_compiled, backend
+        if is_compiled:
+            assert compiled[-1][0] is facts["_model"]
