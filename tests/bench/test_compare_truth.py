@@ -386,6 +386,9 @@ def test_runs_without_a_common_table_are_bad_input() -> None:
     with pytest.raises(BadInputError) as e:
         compare_runs(a, b)
     assert str(e.value) == "a and b have no table in common (models, numerics vs kernels)"
+    with pytest.raises(BadInputError) as e:
+        compare_runs(b, a)
+    assert str(e.value) == "b and a have no table in common (kernels vs models, numerics)"
 
 
 def test_rows_and_tables_on_one_side_only_are_unmatched() -> None:
