@@ -133,8 +133,9 @@ MUTANT_GROUPS: dict[str, tuple[list[str], list[str]]] = {
     # Left out (the time a surviving mutant pays for every test it ran, on 2 cores): the kernel-bench CLI test (45 s),
     # the 300-config FDR sweep (37 s), the repeats sweep (21 s) and bench ab on two worktrees (200 s).
     "compare": (["bench/compare.py", "bench/compare_match.py", "bench/compare_stats.py", "bench/compare_render.py"],
-                ["tests/bench/test_compare.py", "tests/bench/test_compare_env.py", "tests/bench/test_compare_stats.py",
-                 "tests/bench/test_repeats.py",
+                ["tests/bench/test_compare_truth.py", "tests/bench/test_compare_match_truth.py",
+                 "tests/bench/test_compare_render_truth.py", "tests/bench/test_compare_stats.py",
+                 "tests/bench/test_compare.py", "tests/bench/test_compare_env.py", "tests/bench/test_repeats.py",
                  "-k", "not kernel_bench_samples and not fdr_keeps_a_large_sweep and not repeats_keep_a_row"
                  " and not bench_ab_end_to_end"]),
     # The kernels' launchers (the Python side of kernel.py, and op.py): their tests run in Triton's interpreter, so
