@@ -712,3 +712,25 @@ def test_both_compiled_backends_compile_and_only_they(monkeypatch: pytest.Monkey
         assert (facts["_run_model"] is not facts["_model"]) == is_compiled, backend
         if is_compiled:
             assert compiled[-1][0] is facts["_model"]
+
+
+def test_a_train_step_frees_the_gradients_before_its_forward(nets: None) -> None:
+    """``zero_grad(set_to_none=True)`` (PyTorch's default, what training loops run): every step's backward allocates
+    its gradients anew, so the step's time and memory include them; zeroing in place would keep them from the last
+    step and hide that allocation."""
+    seen: list[list[bool]] = []
+
+    def loss_seeing_grads(m: nn.Module, b: Any) -> torch.Tensor:
+        seen.append([p.grad is None for p in m.parameters()])
+        return nn.functional.cross_entropy(m(*b.inputs), b.target)
+
+    register_model(family="fake", input_shape=(3, 6, 6), num_classes=4, loss_fn=loss_seeing_grads, name="rt_grads")(
+        lambda **_: _Net())
+    try:
+        step, facts = runner.build_step(_cfg("rt_grads", mode="train"))
+        step(), step(), step()
+    finally:
+        _REGISTRY.pop("rt_grads", None)
+    n = len(list(facts["_model"].parameters()))
+    assert seen == [[True] * n] * 3
+    assert all(p.grad is not None for p in facts["_model"].parameters())  # the last backward's, left for inspection
