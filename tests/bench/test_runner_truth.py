@@ -402,6 +402,20 @@ def test_probe_reasons_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert probes[-1][0] == (_cfg("resnet18"), True)
 
 
+def test_a_slow_fallback_is_refused_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU half-precision config whose probe finds a fallback path (an AVX2 CPU's bf16 convolution): unsupported by
+    default, measured with a note when the caller allows it. The probe is patched so any CPU shows both."""
+    import bench.cpu_isa
+
+    monkeypatch.setattr(bench.cpu_isa, "fallback_reason", lambda *a: ("bf16 conv 40x slower than fp32", "probe note"))
+    cfg = _cfg("resnet18", dtype="bf16")
+    with pytest.raises(runner.Unsupported, match=r"^bf16 conv 40x slower than fp32$"):
+        runner.probe_support(cfg)
+    assert runner.probe_support(cfg, True) == "probe note (fallback path, measured on request)"
+    monkeypatch.setattr(bench.cpu_isa, "fallback_reason", lambda *a: ("", "native"))
+    assert runner.probe_support(cfg) == "native"
+
+
 def test_probe_reasons_on_a_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
     """A pretend device (capability and bf16 support patched): the probe's CUDA branches without a GPU."""
     cap = [(7, 5)]
