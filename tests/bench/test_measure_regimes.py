@@ -168,6 +168,39 @@ def test_cpu_memory_tracker_edges_and_rss() -> None:
     assert 60 * 2**20 < grown < 80 * 2**20, grown
 
 
+def _multi_output_ops() -> object:
+    """Two CPU operators with several outputs, defined once per process: ``sparse_then_dense(x)`` returns a sparse
+    tensor (no storage to count) and then a new dense one; ``same_twice_then_new(x)`` returns one new tensor twice
+    and then another new one."""
+    if not hasattr(_multi_output_ops, "lib"):
+        lib = torch.library.Library("vb_memory_test", "DEF")
+        lib.define("sparse_then_dense(Tensor x) -> (Tensor, Tensor)")
+        lib.define("same_twice_then_new(Tensor x) -> (Tensor, Tensor, Tensor)")
+        lib.impl("sparse_then_dense", lambda x: (x.to_sparse(), x * 2), "CPU")
+
+        def same_twice_then_new(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            t = x * 2
+            return t, t, x * 3
+
+        lib.impl("same_twice_then_new", same_twice_then_new, "CPU")
+        _multi_output_ops.lib = lib  # type: ignore[attr-defined]  # kept alive: dropping it removes the ops
+    return torch.ops.vb_memory_test
+
+
+def test_cpu_memory_tracker_counts_every_new_output_of_a_multi_output_operator() -> None:
+    """An output without a storage (sparse) or one already counted is skipped; the outputs after it still count."""
+    from bench.memory import CpuPeakTracker
+
+    ops, x = _multi_output_ops(), torch.ones(256)
+    with CpuPeakTracker() as t:
+        sparse, dense = ops.sparse_then_dense(x)
+    assert sparse.is_sparse and t.peak == dense.untyped_storage().nbytes() == 256 * 4
+    with CpuPeakTracker() as t:
+        a, b, c = ops.same_twice_then_new(x)
+    assert a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    assert t.peak == 2 * 256 * 4  # a (= b) once, and c
+
+
 def test_compile_modes_rows_with_dynamo_statistics_and_a_forced_graph_break(tmp_path: Path, fakes: None) -> None:
     """Both modes from the CLI, on a one-layer model that Dynamo must split in two (basic_cnn's single graph is checked
     by the cold/warm test below: a conv net's compile per mode is the expensive part of this test, not its point)."""
