@@ -191,6 +191,23 @@ def test_synthetic_false_positive_figures(text: str) -> None:
     assert (m[1], m[2], m[3], m[4], m[5]) == (default[1], default[2], no_fdr[1], no_fdr[2], no_fdr[3])
 
 
+def test_mutation_scores(text: str) -> None:
+    """The results index's mutation-testing figures against every group's summary.json."""
+    summaries = {mod: s for f in sorted((RESULTS / "mutants").glob("*/summary.json"))
+                 for mod, s in json.loads(f.read_text()).items()}
+    m = find(text, r"checked — ((?:`\w+`, )+)`(\w+)`: 100% of the non-equivalent mutants killed in each "
+                   r"\(raw ([\d.]+)-([\d.]+)%; ([\d,]+) of ([\d,]+) mutants killed, (\d+) equivalent")
+    named = {n.strip("` ") for n in m[1].split(",") if n.strip()} | {m[2]}
+    assert named == {Path(mod).stem for mod in summaries if mod.startswith("bench/")}
+    for mod, s in summaries.items():
+        assert s["checked"] == s["mutants"] and s["killed"] + s["equivalent"] == s["mutants"], mod  # 100%, all
+    raws = [100 * s["killed"] / s["mutants"] for s in summaries.values()]
+    assert (float(m[3]), float(m[4])) == (round(min(raws), 1), round(max(raws), 1))
+    assert int(m[5].replace(",", "")) == sum(s["killed"] for s in summaries.values())
+    assert int(m[6].replace(",", "")) == sum(s["mutants"] for s in summaries.values())
+    assert int(m[7]) == sum(s["equivalent"] for s in summaries.values())
+
+
 # --- sessions -------------------------------------------------------------------------------------------------------
 
 
