@@ -44,6 +44,10 @@ def main(argv: list[str]) -> int:
     if not (src / "bench").is_dir():
         print(f"{src}: no mutated sources; run `nox -s mutants -- {group}` first", file=sys.stderr)
         return 2
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    if doc and doc.get("tests") != argv[2]:
+        print(f"{out} holds results of other tests ({doc.get('tests')!r}); use another file", file=sys.stderr)
+        return 2
     repo = Path(__file__).resolve().parents[2]
     snap = Path(tempfile.mkdtemp(prefix=f"vb-inproc-{group}-"))
     for d in ("bench", "kernels", "models"):
@@ -65,10 +69,6 @@ def main(argv: list[str]) -> int:
     if rc != 0:
         print(f"the tests fail without a mutant:\n{log[-3000:]}")
         return 1
-    doc = json.loads(out.read_text()) if out.exists() else {}
-    if doc and doc.get("tests") != argv[2]:
-        print(f"{out} holds results of other tests ({doc.get('tests')!r}); use another file", file=sys.stderr)
-        return 2
     results: dict[str, str] = dict(doc.get("results", {}))
     t0 = time.time()
     for i, m in enumerate(muts, 1):

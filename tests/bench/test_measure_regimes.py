@@ -4,6 +4,7 @@ from the benchmark device, cuDNN flags, the CUDA memory pass without cached bloc
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,30 +169,30 @@ def test_cpu_memory_tracker_edges_and_rss() -> None:
     assert 60 * 2**20 < grown < 80 * 2**20, grown
 
 
-def _multi_output_ops() -> object:
-    """Two CPU operators with several outputs, defined once per process: ``sparse_then_dense(x)`` returns a sparse
-    tensor (no storage to count) and then a new dense one; ``same_twice_then_new(x)`` returns one new tensor twice
-    and then another new one."""
-    if not hasattr(_multi_output_ops, "lib"):
-        lib = torch.library.Library("vb_memory_test", "DEF")
-        lib.define("sparse_then_dense(Tensor x) -> (Tensor, Tensor)")
-        lib.define("same_twice_then_new(Tensor x) -> (Tensor, Tensor, Tensor)")
-        lib.impl("sparse_then_dense", lambda x: (x.to_sparse(), x * 2), "CPU")
+@functools.cache  # once per process (a namespace is defined once); the cache keeps the library, and so the ops, alive
+def _multi_output_ops() -> torch.library.Library:
+    """Two CPU operators with several outputs in ``torch.ops.vb_memory_test``: ``sparse_then_dense(x)`` returns a
+    sparse tensor (no storage to count) and then a new dense one; ``same_twice_then_new(x)`` returns one new tensor
+    twice and then another new one."""
+    lib = torch.library.Library("vb_memory_test", "DEF")
+    lib.define("sparse_then_dense(Tensor x) -> (Tensor, Tensor)")
+    lib.define("same_twice_then_new(Tensor x) -> (Tensor, Tensor, Tensor)")
+    lib.impl("sparse_then_dense", lambda x: (x.to_sparse(), x * 2), "CPU")
 
-        def same_twice_then_new(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            t = x * 2
-            return t, t, x * 3
+    def same_twice_then_new(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = x * 2
+        return t, t, x * 3
 
-        lib.impl("same_twice_then_new", same_twice_then_new, "CPU")
-        _multi_output_ops.lib = lib  # type: ignore[attr-defined]  # kept alive: dropping it removes the ops
-    return torch.ops.vb_memory_test
+    lib.impl("same_twice_then_new", same_twice_then_new, "CPU")
+    return lib
 
 
 def test_cpu_memory_tracker_counts_every_new_output_of_a_multi_output_operator() -> None:
     """An output without a storage (sparse) or one already counted is skipped; the outputs after it still count."""
     from bench.memory import CpuPeakTracker
 
-    ops, x = _multi_output_ops(), torch.ones(256)
+    _multi_output_ops()
+    ops, x = torch.ops.vb_memory_test, torch.ones(256)
     with CpuPeakTracker() as t:
         sparse, dense = ops.sparse_then_dense(x)
     assert sparse.is_sparse and t.peak == dense.untyped_storage().nbytes() == 256 * 4
